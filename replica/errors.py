@@ -1,0 +1,99 @@
+"""Errors raised by the replica: each says what went wrong and, where it helps, what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ReplicaError(Exception):
+    """Base class of every error the replica raises on purpose."""
+
+
+class FieldError(ReplicaError, ValueError):
+    """A value given for a field is invalid; the message names the field and why."""
+
+    def __init__(self, kind: str, field: str, reason: str) -> None:
+        self.kind = kind
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{kind} field '{field}': {reason}")
+
+
+class NotFoundError(ReplicaError, KeyError):
+    """The task, node, edge or counter named does not exist."""
+
+    def __init__(self, kind: str, ident: str) -> None:
+        self.kind = kind
+        self.ident = ident
+        super().__init__(f"{kind} '{ident}' not found")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class AlreadyExistsError(ReplicaError):
+    """A create named an id that is already taken."""
+
+    def __init__(self, kind: str, ident: str) -> None:
+        self.kind = kind
+        self.ident = ident
+        super().__init__(f"{kind} '{ident}' already exists")
+
+
+class InvalidRecordError(ReplicaError):
+    """A stored record (usually written by a peer) fails validation; it is reported, never trusted."""
+
+    def __init__(self, kind: str, ident: str, problems: list[str]) -> None:
+        self.kind = kind
+        self.ident = ident
+        self.problems = problems
+        super().__init__(f"{kind} '{ident}' is invalid: " + "; ".join(problems))
+
+
+class InvalidUpdateError(ReplicaError):
+    """An update's bytes are not a Yjs update; nothing was applied."""
+
+
+class ClosedError(ReplicaError):
+    """The replica was closed, or failed and stopped accepting writes."""
+
+
+class DataDirLockedError(ReplicaError):
+    """Another process holds the data directory."""
+
+    def __init__(self, path: Path, holder: dict[str, object] | None) -> None:
+        self.path = path
+        self.holder = holder or {}
+        pid = self.holder.get("pid", "?")
+        super().__init__(f"data directory {path} is held by another process (pid {pid})")
+
+
+class StorageError(ReplicaError):
+    """The durable log or a snapshot cannot be read or written."""
+
+
+class LogCorruptionError(StorageError):
+    """A record in the middle of the log is corrupt: recovery stops instead of guessing."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(
+            f"corrupt log record in {path} at offset {offset}: {reason}; "
+            "run `agentstate repair` to salvage every readable record"
+        )
+
+
+class MissingSegmentError(StorageError):
+    """Log records between a snapshot and the newest segment are missing."""
+
+    def __init__(self, directory: Path, expected_lsn: int, found_lsn: int, path: Path) -> None:
+        self.directory = directory
+        self.expected_lsn = expected_lsn
+        self.found_lsn = found_lsn
+        self.path = path
+        super().__init__(
+            f"log records {expected_lsn}..{found_lsn - 1} are missing before {path} "
+            "(a segment was deleted or lost); run `agentstate repair` to keep what is readable"
+        )

@@ -1,0 +1,449 @@
+"""Graph: typed nodes and weighted edges; removing a node removes its edges on every replica.
+
+Edges live under a deterministic key (source|type|target). A removed node leaves a
+tombstone, so an edge to it that a peer added concurrently is deleted wherever it lands,
+while an edge whose node simply has not arrived yet is kept and reported as dangling.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pycrdt import Map
+from pydantic import ValidationError as PydanticValidationError
+
+from .changes import ChangeEvent
+from .errors import AlreadyExistsError, FieldError, InvalidRecordError, NotFoundError
+from .models import (
+    Edge,
+    InvalidRecord,
+    Node,
+    check_id,
+    check_properties,
+    describe_errors,
+    edge_key,
+    iso_now,
+    validate_field,
+)
+from .schema import EDGES, NODES, REMOVED_NODES, plain, record_dict
+
+if TYPE_CHECKING:
+    from .replica import Replica
+
+Direction = Literal["out", "in", "both"]
+
+
+def split_edge_key(key: str) -> tuple[str, str, str] | None:
+    """(source, type, target) of an edge key, or None if a peer wrote a malformed key."""
+    parts = key.split("|")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+class Graph:
+    """The graph of thought: nodes, edges, neighbours and bounded traversal."""
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+        self._nodes = replica.doc.get(NODES, type=Map)
+        self._edges = replica.doc.get(EDGES, type=Map)
+        self._removed = replica.doc.get(REMOVED_NODES, type=Map)
+        self._generation = 0
+        self._index_generation = -1
+        self._out: dict[str, set[str]] = {}
+        self._in: dict[str, set[str]] = {}
+        self._pending_edges: set[str] = set()
+        self._pending_removed: set[str] = set()
+        self._edges.observe(self._on_edges)
+        self._removed.observe(self._on_removed)
+
+    def _on_edges(self, event: Any) -> None:
+        self._generation += 1
+        if self._replica._origin_is_remote():
+            self._pending_edges.update(k for k, c in event.keys.items() if c["action"] != "delete")
+
+    def _on_removed(self, event: Any) -> None:
+        if self._replica._origin_is_remote():
+            self._pending_removed.update(k for k, c in event.keys.items() if c["action"] != "delete")
+
+    def _index(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Adjacency from edge keys alone, rebuilt only after the edge set changed."""
+        if self._index_generation != self._generation:
+            out: dict[str, set[str]] = {}
+            inc: dict[str, set[str]] = {}
+            for key in self._edges.keys():
+                parts = split_edge_key(key)
+                if parts is None:
+                    continue
+                out.setdefault(parts[0], set()).add(key)
+                inc.setdefault(parts[2], set()).add(key)
+            self._out, self._in = out, inc
+            self._index_generation = self._generation
+        return self._out, self._in
+
+    def add_node(
+        self,
+        id: str,
+        type: str,
+        content: str = "",
+        properties: dict[str, Any] | None = None,
+    ) -> Node:
+        """Add a node; its id must be new. Re-adding a removed id clears its tombstone."""
+        check_id("node", id)
+        node_type = validate_field(Node, "node", "type", type)
+        text = validate_field(Node, "node", "content", content)
+        props = check_properties("node", properties or {})
+        now = iso_now()
+        with self._replica._write():
+            if id in self._nodes:
+                raise AlreadyExistsError("node", id)
+            self._nodes[id] = Map(
+                {
+                    "type": node_type,
+                    "content": text,
+                    "properties": Map(props),
+                    "created_at": now,
+                    "updated_at": now,
+                    "created_by": self._replica.replica_id,
+                }
+            )
+            if id in self._removed:
+                del self._removed[id]
+        return self.get_node(id)
+
+    def update_node(
+        self,
+        id: str,
+        *,
+        type: str | None = None,
+        content: str | None = None,
+        properties: dict[str, Any] | None = None,
+        remove_properties: Iterable[str] = (),
+    ) -> None:
+        """Change the given fields of a node; properties are set key by key."""
+        node_type = validate_field(Node, "node", "type", type) if type is not None else None
+        text = validate_field(Node, "node", "content", content) if content is not None else None
+        props = check_properties("node", properties or {})
+        drop = list(remove_properties)
+        with self._replica._write():
+            entry = self._nodes.get(id)
+            if entry is None:
+                raise NotFoundError("node", id)
+            if not isinstance(entry, Map):
+                raise InvalidRecordError("node", id, ["record is not a map"])
+            if node_type is not None:
+                entry["type"] = node_type
+            if text is not None:
+                entry["content"] = text
+            if props or drop:
+                bag = entry.get("properties")
+                if not isinstance(bag, Map):
+                    bag = entry["properties"] = Map()
+                for key, value in props.items():
+                    bag[key] = value
+                for key in drop:
+                    if key in bag:
+                        del bag[key]
+            entry["updated_at"] = iso_now()
+
+    def remove_node(self, id: str) -> int:
+        """Remove a node and every edge touching it; returns how many edges went with it."""
+        with self._replica._write():
+            if id not in self._nodes:
+                raise NotFoundError("node", id)
+            del self._nodes[id]
+            removed = self._drop_edges_of(id)
+            self._removed[id] = iso_now()
+        return removed
+
+    def _drop_edges_of(self, node_id: str) -> int:
+        out, inc = self._index()
+        keys = set(out.get(node_id, ())) | set(inc.get(node_id, ()))
+        for key in keys:
+            if key in self._edges:
+                del self._edges[key]
+        return len(keys)
+
+    def get_node(self, id: str) -> Node:
+        """The node, validated; NotFoundError or InvalidRecordError otherwise."""
+        with self._replica._lock:
+            entry = self._nodes.get(id)
+            if entry is None:
+                raise NotFoundError("node", id)
+            data = record_dict(entry)
+        return self._validate_node(id, data)
+
+    def find_node(self, id: str) -> Node | None:
+        """The node, or None if absent."""
+        try:
+            return self.get_node(id)
+        except NotFoundError:
+            return None
+
+    def has_node(self, id: str) -> bool:
+        """True if a node with this id exists (valid or not)."""
+        with self._replica._lock:
+            return id in self._nodes
+
+    @staticmethod
+    def _validate_node(id: str, data: dict[str, Any]) -> Node:
+        try:
+            return Node.model_validate({**data, "id": id})
+        except PydanticValidationError as exc:
+            raise InvalidRecordError("node", id, describe_errors(exc)) from None
+
+    @staticmethod
+    def _validate_edge(key: str, data: dict[str, Any]) -> Edge:
+        parts = split_edge_key(key)
+        if parts is None:
+            raise InvalidRecordError("edge", key, ["key is not source|type|target"])
+        source, type_, target = parts
+        try:
+            edge = Edge.model_validate({**data, "source": source, "type": type_, "target": target})
+        except PydanticValidationError as exc:
+            raise InvalidRecordError("edge", key, describe_errors(exc)) from None
+        return edge
+
+    def nodes(self, *, type: str | None = None) -> list[Node]:
+        """Valid nodes, optionally of one type, sorted by id."""
+        with self._replica._lock:
+            raw = [(k, record_dict(v)) for k, v in self._nodes.items()]
+        result = []
+        for key, data in raw:
+            try:
+                node = self._validate_node(key, data)
+            except InvalidRecordError:
+                continue
+            if type is None or node.type == type:
+                result.append(node)
+        result.sort(key=lambda n: n.id)
+        return result
+
+    def add_edge(
+        self,
+        source: str,
+        target: str,
+        type: str,
+        weight: float = 1.0,
+        properties: dict[str, Any] | None = None,
+    ) -> Edge:
+        """Add (or re-weight) the edge source -type-> target; both nodes must exist here."""
+        check_id("edge", source, "source")
+        check_id("edge", target, "target")
+        edge_type = validate_field(Edge, "edge", "type", type)
+        w = validate_field(Edge, "edge", "weight", weight)
+        props = check_properties("edge", properties or {})
+        key = edge_key(source, edge_type, target)
+        with self._replica._write():
+            for field, node_id in (("source", source), ("target", target)):
+                if node_id not in self._nodes:
+                    raise FieldError("edge", field, f"node {node_id!r} does not exist")
+            entry = self._edges.get(key)
+            if isinstance(entry, Map):
+                entry["weight"] = w
+                bag = entry.get("properties")
+                if not isinstance(bag, Map):
+                    bag = entry["properties"] = Map()
+                for k, v in props.items():
+                    bag[k] = v
+            else:
+                self._edges[key] = Map(
+                    {
+                        "source": source,
+                        "target": target,
+                        "type": edge_type,
+                        "weight": w,
+                        "properties": Map(props),
+                        "created_at": iso_now(),
+                        "created_by": self._replica.replica_id,
+                    }
+                )
+        return self.get_edge(source, target, edge_type)
+
+    def remove_edge(self, source: str, target: str, type: str) -> bool:
+        """Remove one edge; False if it was not there."""
+        key = edge_key(source, type, target)
+        with self._replica._write():
+            if key not in self._edges:
+                return False
+            del self._edges[key]
+        return True
+
+    def get_edge(self, source: str, target: str, type: str) -> Edge:
+        """One edge, validated."""
+        key = edge_key(source, type, target)
+        with self._replica._lock:
+            entry = self._edges.get(key)
+            if entry is None:
+                raise NotFoundError("edge", key)
+            data = record_dict(entry)
+        return self._validate_edge(key, data)
+
+    def _all_edges(self) -> tuple[list[Edge], list[InvalidRecord]]:
+        with self._replica._lock:
+            raw = [(k, record_dict(v)) for k, v in self._edges.items()]
+        good: list[Edge] = []
+        bad: list[InvalidRecord] = []
+        for key, data in raw:
+            try:
+                good.append(self._validate_edge(key, data))
+            except InvalidRecordError as exc:
+                bad.append(InvalidRecord(kind="edge", id=key, problems=exc.problems))
+        return good, bad
+
+    def edges(
+        self, *, source: str | None = None, target: str | None = None, type: str | None = None
+    ) -> list[Edge]:
+        """Valid edges whose both ends exist, filtered; dangling ones are in `dangling_edges`."""
+        with self._replica._lock:
+            present = set(self._nodes.keys())
+        return [
+            e
+            for e in self._all_edges()[0]
+            if e.source in present
+            and e.target in present
+            and (source is None or e.source == source)
+            and (target is None or e.target == target)
+            and (type is None or e.type == type)
+        ]
+
+    def dangling_edges(self) -> list[Edge]:
+        """Edges with a missing end (its node not yet arrived from a peer, or junk)."""
+        with self._replica._lock:
+            present = set(self._nodes.keys())
+        return [e for e in self._all_edges()[0] if e.source not in present or e.target not in present]
+
+    def neighbours(
+        self, id: str, *, direction: Direction = "out", edge_type: str | None = None
+    ) -> list[Node]:
+        """Nodes one edge away from `id`, sorted by id; missing or invalid ends are skipped."""
+        return [node for node, depth in self.traverse(id, max_depth=1, direction=direction,
+                                                       edge_types=[edge_type] if edge_type else None)
+                if depth == 1]
+
+    def traverse(
+        self,
+        start: str,
+        *,
+        max_depth: int = 3,
+        max_nodes: int = 1000,
+        direction: Direction = "out",
+        edge_types: Iterable[str] | None = None,
+    ) -> list[tuple[Node, int]]:
+        """Breadth-first walk from `start`: (node, depth) pairs, bounded in depth and in count."""
+        if max_depth < 0 or max_nodes < 1:
+            raise FieldError("traversal", "max_depth" if max_depth < 0 else "max_nodes", "must be positive")
+        wanted = set(edge_types) if edge_types is not None else None
+        with self._replica._lock:
+            if start not in self._nodes:
+                raise NotFoundError("node", start)
+            out, inc = self._index()
+            seen = {start}
+            order: list[tuple[str, int]] = [(start, 0)]
+            queue = deque([(start, 0)])
+            while queue and len(order) < max_nodes:
+                current, depth = queue.popleft()
+                if depth >= max_depth:
+                    continue
+                keys: list[tuple[str, int]] = []
+                if direction in ("out", "both"):
+                    keys += [(k, 2) for k in out.get(current, ())]
+                if direction in ("in", "both"):
+                    keys += [(k, 0) for k in inc.get(current, ())]
+                for key, other_end in sorted(keys):
+                    parts = split_edge_key(key)
+                    if parts is None or (wanted is not None and parts[1] not in wanted):
+                        continue
+                    other = parts[other_end]
+                    if other in seen or other not in self._nodes:
+                        continue
+                    seen.add(other)
+                    order.append((other, depth + 1))
+                    queue.append((other, depth + 1))
+                    if len(order) >= max_nodes:
+                        break
+            raw = [(node_id, depth, record_dict(self._nodes.get(node_id))) for node_id, depth in order]
+        result: list[tuple[Node, int]] = []
+        for node_id, depth, data in raw:
+            try:
+                result.append((self._validate_node(node_id, data), depth))
+            except InvalidRecordError:
+                continue
+        return result
+
+    def invalid(self) -> list[InvalidRecord]:
+        """Stored nodes and edges that fail validation, with what is wrong."""
+        with self._replica._lock:
+            raw = [(k, record_dict(v)) for k, v in self._nodes.items()]
+        bad = []
+        for key, data in raw:
+            try:
+                self._validate_node(key, data)
+            except InvalidRecordError as exc:
+                bad.append(InvalidRecord(kind="node", id=key, problems=exc.problems))
+        return bad + self._all_edges()[1]
+
+    def sweep(self, *, full: bool = False) -> int:
+        """Delete edges whose end was removed (tombstoned and absent); returns how many.
+
+        Every replica reaches the same verdict from the same state, so these deletes
+        converge instead of fighting. Incremental after remote updates; `full` at open.
+        """
+        with self._replica._lock:
+            if full:
+                candidates = set(self._edges.keys())
+                removed_ids = set(self._removed.keys())
+            else:
+                candidates, removed_ids = self._pending_edges, self._pending_removed
+            self._pending_edges, self._pending_removed = set(), set()
+            if not candidates and not removed_ids:
+                return 0
+            doomed: set[str] = set()
+            for key in candidates:
+                parts = split_edge_key(key)
+                if parts is None:
+                    continue
+                if any(end in self._removed and end not in self._nodes for end in (parts[0], parts[2])):
+                    doomed.add(key)
+            if removed_ids:
+                out, inc = self._index()
+                for node_id in removed_ids:
+                    if node_id not in self._nodes:
+                        doomed.update(out.get(node_id, ()))
+                        doomed.update(inc.get(node_id, ()))
+            doomed = {k for k in doomed if k in self._edges}
+            if not doomed:
+                return 0
+            with self._replica._write():
+                for key in doomed:
+                    del self._edges[key]
+            return len(doomed)
+
+    def translate_nodes(self, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
+        """Typed change events for the nodes root."""
+        return _translate("node", events, origin, peer)
+
+    def translate_edges(self, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
+        """Typed change events for the edges root."""
+        return _translate("edge", events, origin, peer)
+
+
+def _translate(kind: str, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
+    out: list[ChangeEvent] = []
+    for event in events:
+        path = [str(p) for p in event.path]
+        for key, change in event.keys.items():
+            action = change["action"]
+            old = plain(change.get("oldValue")) if action == "update" or (path and action == "delete") else None
+            new = plain(change.get("newValue")) if action != "delete" else None
+            if not path:
+                record, field = key, None
+            elif len(path) == 1:
+                record, field = path[0], key
+            else:
+                record, field = path[0], f"{path[1]}.{key}"
+            out.append(ChangeEvent(kind, record, field, action, old, new, origin, peer))  # type: ignore[arg-type]
+    return out

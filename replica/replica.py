@@ -1,0 +1,493 @@
+"""Replica: one agent's local copy of the shared state, over one pycrdt Doc and its UpdateLog.
+
+Writes are local and instant; every Doc update, local or remote, becomes one log record
+before it counts as durable. The transport reaches the Doc only through the sync surface
+(`state_vector`, `diff`, `apply_update`, `on_update`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Array, Doc, Map
+
+from .changes import ChangeCallback, ChangeEvent, ChangeFeed
+from .counters import Counters
+from .datadir import DataDir
+from .durability import Durability
+from .errors import ClosedError, InvalidUpdateError, ReplicaError, StorageError
+from .graph import Graph
+from .lessons import Lessons
+from .models import InvalidRecord
+from .schema import COUNTERS, EDGES, LESSONS, META, NODES, REMOVED_NODES, SCHEMA_VERSION, TASKS
+from .snapshot import SnapshotProblem, SnapshotStore
+from .statevector import decode_state_vector
+from .tasks import TaskBoard
+from .update_log import DEFAULT_FLUSH_INTERVAL, DEFAULT_SEGMENT_SIZE, ReplayReport, UpdateLog
+
+log = logging.getLogger(__name__)
+
+EMPTY_UPDATE = b"\x00\x00"
+LOCAL = "local"
+DEFAULT_AUTO_COMPACT_BYTES = 32 * 1024 * 1024
+UpdateListener = Callable[[bytes, str | None], None]
+
+
+@dataclass
+class OpenReport:
+    """What opening found on disk: snapshot used, records replayed, anything dropped."""
+
+    snapshot_lsn: int = 0
+    snapshot_problems: list[SnapshotProblem] = field(default_factory=list)
+    replay: ReplayReport = field(default_factory=ReplayReport)
+    swept_edges: int = 0
+
+    @property
+    def warnings(self) -> list[str]:
+        """Human-readable lines for everything recovery had to drop or skip."""
+        lines = [f"skipped snapshot {p.path.name}: {p.reason}" for p in self.snapshot_problems]
+        torn = self.replay.torn_tail
+        if torn is not None:
+            lines.append(
+                f"dropped a torn tail of {torn.dropped_bytes} bytes at offset {torn.offset} "
+                f"of {torn.path.name} ({torn.reason})"
+            )
+        return lines
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    """What compaction did: the snapshot written and the segments it could delete."""
+
+    snapshot: Path
+    lsn: int
+    removed_segments: list[Path]
+
+
+def _fresh_client_id(taken: set[int]) -> int:
+    while True:
+        candidate = secrets.randbelow(2**32 - 2) + 1
+        if candidate not in taken:
+            return candidate
+
+
+class Replica:
+    """Typed, durable, syncable state: tasks, graph, counters and lessons over one Doc."""
+
+    def __init__(
+        self,
+        doc: Doc,
+        replica_id: str,
+        *,
+        datadir: DataDir | None = None,
+        update_log: UpdateLog | None = None,
+        snapshots: SnapshotStore | None = None,
+        report: OpenReport | None = None,
+        auto_compact_bytes: int = DEFAULT_AUTO_COMPACT_BYTES,
+    ) -> None:
+        self.doc = doc
+        self.replica_id = replica_id
+        self.datadir = datadir
+        self.open_report = report or OpenReport()
+        self.auto_compact_bytes = auto_compact_bytes
+        self._log = update_log
+        self._snapshots = snapshots
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._origin: str | None = None
+        self._last_lsn = 0
+        self._changed = False
+        self._callback_error: BaseException | None = None
+        self._closed = False
+        self._update_listeners: list[UpdateListener] = []
+        self._pending_updates: list[tuple[bytes, str | None]] = []
+        self._pending_raw: list[tuple[str, list[Any]]] = []
+        self._feed = ChangeFeed()
+        self._deep_subs: list[Any] = []
+        self._compacting = threading.Lock()
+        self.meta = doc.get(META, type=Map)
+        for name, kind in ((TASKS, Map), (NODES, Map), (EDGES, Map), (REMOVED_NODES, Map),
+                           (COUNTERS, Map), (LESSONS, Array)):
+            doc.get(name, type=kind)
+        self.tasks = TaskBoard(self)
+        self.graph = Graph(self)
+        self.counters = Counters(self)
+        self.lessons = Lessons(self)
+        self._doc_sub = doc.observe(self._on_transaction)
+
+    @classmethod
+    def memory(cls, replica_id: str | None = None) -> Replica:
+        """An in-memory replica (tests, ephemeral peers): same API, nothing on disk."""
+        from .datadir import new_replica_id
+
+        replica = cls(Doc(client_id=_fresh_client_id(set())), replica_id or new_replica_id())
+        replica._init_meta()
+        return replica
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        replica_id: str | None = None,
+        durability: Durability | str = Durability.BALANCED,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        auto_compact_bytes: int = DEFAULT_AUTO_COMPACT_BYTES,
+    ) -> Replica:
+        """Open (creating if needed) the replica in `path`, recovering from its snapshot and log.
+
+        Takes the directory's lock for the life of the replica. A torn log tail is dropped
+        and reported in `open_report`; mid-log corruption raises LogCorruptionError.
+        """
+        mode = Durability.parse(durability)
+        datadir = DataDir(path)
+        datadir.lock()
+        try:
+            identity = datadir.load_or_create_identity(replica_id)
+            snapshots = SnapshotStore(datadir.snapshot_dir, sync=mode is not Durability.LAZY)
+            snap, problems = snapshots.load_latest()
+            update_log = UpdateLog(datadir.log_dir, mode, flush_interval=flush_interval, segment_size=segment_size)
+            records, replay = update_log.replay(after_lsn=snap.lsn if snap else 0)
+            payloads = [r.payload for r in records]
+            taken: set[int] = set()
+            while True:
+                doc = Doc(client_id=_fresh_client_id(taken))
+                try:
+                    with doc.transaction():
+                        if snap is not None:
+                            doc.apply_update(snap.state)
+                        for payload in payloads:
+                            doc.apply_update(payload)
+                except ValueError as exc:
+                    raise StorageError(f"{datadir.path}: a stored update is not valid Yjs data: {exc}") from exc
+                taken = set(decode_state_vector(doc.get_state()))
+                if doc.client_id not in taken:
+                    break
+            update_log.open_for_append()
+        except BaseException:
+            datadir.unlock()
+            raise
+        report = OpenReport(snapshot_lsn=snap.lsn if snap else 0, snapshot_problems=problems, replay=replay)
+        replica = cls(doc, identity.replica_id, datadir=datadir, update_log=update_log,
+                      snapshots=snapshots, report=report, auto_compact_bytes=auto_compact_bytes)
+        replica._last_lsn = update_log.last_lsn
+        replica._init_meta()
+        report.swept_edges = replica.graph.sweep(full=True)
+        for line in report.warnings:
+            log.warning("%s: %s", datadir.path, line)
+        return replica
+
+    def _init_meta(self) -> None:
+        if "schema_version" not in self.meta:
+            with self._write():
+                self.meta["schema_version"] = SCHEMA_VERSION
+
+    # -- the write path ---------------------------------------------------------------
+
+    def _origin_is_remote(self) -> bool:
+        return self._origin is not None
+
+    def _on_transaction(self, event: Any) -> None:
+        """Doc observer: log the transaction's update, queue it for listeners."""
+        try:
+            update = event.update
+            if update == EMPTY_UPDATE:
+                return
+            self._changed = True
+            if self._log is not None:
+                self._last_lsn = self._log.append_nowait(update)
+            if self._update_listeners:
+                self._pending_updates.append((update, self._origin))
+        except BaseException as exc:
+            self._callback_error = exc
+
+    def _write(self, origin: str | None = None) -> _WriteScope:
+        """A scope whose writes are (part of) one Doc transaction; the outermost logs and notifies."""
+        return _WriteScope(self, origin)
+
+    def _finish_transaction(self) -> None:
+        """After the outermost transaction: surface log errors, then notify listeners in order."""
+        origin = self._origin
+        self._origin = None
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            self._closed = True
+            raise StorageError(f"the update could not be logged; the replica stopped accepting writes: {error}") from error
+        if self._pending_updates:
+            updates, self._pending_updates = self._pending_updates, []
+            for listener in self._update_listeners:
+                for update, update_origin in updates:
+                    try:
+                        listener(update, update_origin)
+                    except Exception:
+                        log.exception("update listener failed")
+        if self._pending_raw:
+            raw, self._pending_raw = self._pending_raw, []
+            if self._feed.active:
+                self._publish(raw, origin)
+        if self._log is not None and self._log.bytes_since_snapshot > self.auto_compact_bytes:
+            self._compact_in_background()
+
+    def _sync_after(self, lsn: int, *, transaction: bool) -> None:
+        """Make a finished outermost write durable as its mode promises (outside the lock)."""
+        log_ = self._log
+        if log_ is None or log_.durability is Durability.LAZY:
+            return
+        if transaction or log_.durability is Durability.PARANOID:
+            log_.sync(lsn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Replica]:
+        """Group writes into one update, one log record and (unless LAZY) one fsync.
+
+        The block is one Doc transaction: atomic on recovery, and durable when it returns
+        in PARANOID and BALANCED modes (concurrent transactions share one fsync). Each
+        write is validated before it touches the Doc; a Doc transaction cannot be rolled
+        back, so writes made before an exception in the block stay applied.
+        """
+        scope = _WriteScope(self, None, transaction=True)
+        with scope:
+            yield self
+
+    def flush(self) -> None:
+        """Block until everything written so far is on disk (any mode)."""
+        if self._log is not None:
+            self._log.sync()
+
+    # -- sync surface (the transport's only way in) ----------------------------------------
+
+    def state_vector(self) -> bytes:
+        """The Doc's state vector, for a peer to compute what we lack."""
+        with self._lock:
+            return self.doc.get_state()
+
+    def diff(self, state_vector: bytes | None = None) -> bytes:
+        """Everything we hold that a peer with `state_vector` lacks (all of it for None)."""
+        with self._lock:
+            try:
+                return self.doc.get_update(state_vector)
+            except ValueError as exc:
+                raise InvalidUpdateError(f"not a valid state vector: {exc}") from exc
+
+    def apply_update(self, update: bytes, origin: str = "remote") -> bool:
+        """Apply a peer's update; True if it changed anything. Invalid bytes change nothing."""
+        if not isinstance(update, (bytes, bytearray)):
+            raise InvalidUpdateError("an update must be bytes")
+        with self._lock:
+            self._changed = False
+            try:
+                with self._write(origin=origin):
+                    self.doc.apply_update(bytes(update))
+            except ValueError as exc:
+                raise InvalidUpdateError(f"not a valid Yjs update: {exc}") from exc
+            changed = self._changed
+            if changed:
+                self.graph.sweep()
+        return changed
+
+    def on_update(self, listener: UpdateListener) -> Callable[[], None]:
+        """Call `listener(update, origin)` after every change (origin None = local); returns unsubscribe."""
+        self._update_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._update_listeners:
+                self._update_listeners.remove(listener)
+
+        return unsubscribe
+
+    @property
+    def client_id(self) -> int:
+        """This incarnation's Yjs client id (fresh at every open)."""
+        return self.doc.client_id
+
+    # -- change feed ---------------------------------------------------------------------
+
+    def _ensure_deep_observers(self) -> None:
+        if self._deep_subs:
+            return
+        for name, kind in ((TASKS, Map), (NODES, Map), (EDGES, Map), (COUNTERS, Map), (LESSONS, Array)):
+            root = self.doc.get(name, type=kind)
+            self._deep_subs.append((root, root.observe_deep(self._collector(name))))
+
+    def _collector(self, name: str) -> Callable[[list[Any]], None]:
+        def collect(events: list[Any]) -> None:
+            self._pending_raw.append((name, list(events)))
+
+        return collect
+
+    def _publish(self, raw: list[tuple[str, list[Any]]], origin: str | None) -> None:
+        where = "remote" if origin is not None else LOCAL
+        peer = origin
+        translators = {
+            TASKS: self.tasks.translate,
+            NODES: self.graph.translate_nodes,
+            EDGES: self.graph.translate_edges,
+            COUNTERS: self.counters.translate,
+            LESSONS: self.lessons.translate,
+        }
+        events: list[ChangeEvent] = []
+        for name, batch in raw:
+            try:
+                events.extend(translators[name](batch, where, peer))
+            except Exception:
+                log.exception("could not translate a change on %s", name)
+        if events:
+            self._feed.publish(events)
+
+    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call `callback(ChangeEvent)` after each transaction for every change in it."""
+        with self._lock:
+            self._ensure_deep_observers()
+        return self._feed.subscribe(callback)
+
+    async def changes(self, maxsize: int = 10_000) -> AsyncIterator[ChangeEvent]:
+        """Async iterator over change events from now on."""
+        with self._lock:
+            self._ensure_deep_observers()
+        async for event in self._feed.iterate(maxsize):
+            yield event
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def invalid_records(self) -> list[InvalidRecord]:
+        """Every stored record that fails validation (usually junk a peer sent)."""
+        return self.tasks.invalid() + self.graph.invalid() + self.counters.invalid() + self.lessons.invalid()
+
+    def compact(self) -> CompactionReport:
+        """Snapshot the full state and delete the log segments two snapshots make redundant."""
+        if self._log is None or self._snapshots is None:
+            raise ReplicaError("an in-memory replica has nothing to compact")
+        with self._compacting:
+            with self._lock:
+                if self._closed:
+                    raise ClosedError("the replica is closed")
+                state = self.doc.get_update()
+                lsn = self._log.last_lsn
+                self._log.roll()
+                self._log.bytes_since_snapshot = 0
+            path = self._snapshots.write(lsn, state, self.replica_id)
+            older = self._snapshots.prune()
+            removed = self._log.delete_segments_through(older) if older is not None else []
+            return CompactionReport(path, lsn, removed)
+
+    def _compact_in_background(self) -> None:
+        if self._compacting.locked():
+            return
+
+        def run() -> None:
+            try:
+                self.compact()
+            except ClosedError:
+                pass
+            except Exception:
+                log.exception("background compaction failed")
+
+        threading.Thread(target=run, name="agentstate-compact", daemon=True).start()
+
+    @property
+    def durability(self) -> Durability | None:
+        """The log's durability mode (None for an in-memory replica)."""
+        return self._log.durability if self._log is not None else None
+
+    @property
+    def last_lsn(self) -> int:
+        """Sequence number of the newest log record."""
+        return self._last_lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every record up to this sequence number is on disk."""
+        return self._log.durable_lsn if self._log is not None else 0
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and log positions for `agentstate status`."""
+        with self._lock:
+            return {
+                "replica_id": self.replica_id,
+                "client_id": self.client_id,
+                "path": str(self.datadir.path) if self.datadir else None,
+                "durability": self.durability.value if self.durability else None,
+                "tasks": len(self.doc.get(TASKS, type=Map)),
+                "nodes": len(self.doc.get(NODES, type=Map)),
+                "edges": len(self.doc.get(EDGES, type=Map)),
+                "counters": len(self.doc.get(COUNTERS, type=Map)),
+                "lessons": len(self.doc.get(LESSONS, type=Array)),
+                "last_lsn": self._last_lsn,
+                "durable_lsn": self.durable_lsn,
+                "state_vector_clients": len(decode_state_vector(self.doc.get_state())),
+            }
+
+    def close(self) -> None:
+        """Flush the log, release the directory and end change iterators."""
+        with self._lock:
+            if self._closed and self._log is None:
+                return
+            self._closed = True
+        with self._compacting:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+        if self.datadir is not None:
+            self.datadir.unlock()
+        self._feed.close()
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _WriteScope:
+    """Context for one (possibly nested) write; a class, not a generator, as it is on the hot path."""
+
+    __slots__ = ("_replica", "_origin", "_transaction", "_txn", "_outer", "_lsn")
+
+    def __init__(self, replica: Replica, origin: str | None, *, transaction: bool = False) -> None:
+        self._replica = replica
+        self._origin = origin
+        self._transaction = transaction
+        self._txn: Any = None
+        self._outer = False
+        self._lsn = 0
+
+    def __enter__(self) -> None:
+        replica = self._replica
+        replica._lock.acquire()
+        if replica._closed:
+            replica._lock.release()
+            raise ClosedError("the replica is closed")
+        self._outer = replica._depth == 0
+        if self._outer:
+            replica._origin = self._origin
+        replica._depth += 1
+        self._txn = replica.doc.transaction()
+        try:
+            self._txn.__enter__()
+        except BaseException:
+            replica._depth -= 1
+            replica._lock.release()
+            raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        replica = self._replica
+        try:
+            try:
+                self._txn.__exit__(exc_type, exc, tb)
+            finally:
+                replica._depth -= 1
+                if self._outer:
+                    self._lsn = replica._last_lsn
+                    replica._finish_transaction()
+        finally:
+            replica._lock.release()
+        if self._outer and exc_type is None:
+            replica._sync_after(self._lsn, transaction=self._transaction)

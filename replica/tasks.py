@@ -1,0 +1,286 @@
+"""TaskBoard: the tasks of a replica, one Y.Map per task so that concurrent field edits merge."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pycrdt import Map
+from pydantic import ValidationError as PydanticValidationError
+
+from .changes import ChangeEvent
+from .errors import AlreadyExistsError, FieldError, InvalidRecordError, NotFoundError
+from .models import (
+    InvalidRecord,
+    Priority,
+    Task,
+    TaskStatus,
+    check_id,
+    check_properties,
+    describe_errors,
+    iso_now,
+    utc_now,
+    validate_field,
+)
+from .schema import MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, plain, record_dict
+
+if TYPE_CHECKING:
+    from .replica import Replica
+
+SCALAR_FIELDS = ("title", "description", "status", "priority", "owner")
+
+
+def new_task_id() -> str:
+    """T-YYYYMMDD-HHMMSS-xxxxxxxx: sortable by creation time, unique without coordination."""
+    return f"T-{utc_now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def _scalar(field: str, value: Any) -> Any:
+    """Validate one scalar task field and return what the Doc stores for it."""
+    checked = validate_field(Task, "task", field, value)
+    if isinstance(checked, (TaskStatus, Priority)):
+        return checked.value
+    return checked
+
+
+def _id_set(field: str, values: Iterable[str]) -> list[str]:
+    if not values:
+        return []
+    if isinstance(values, str):
+        raise FieldError("task", field, "must be a list of strings, not a single string")
+    checked = validate_field(Task, "task", field, tuple(values))
+    return list(checked)
+
+
+class TaskBoard:
+    """Create, read, update, delete and list tasks; every write is validated before it touches the Doc."""
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+        self._root = replica.doc.get(TASKS, type=Map)
+
+    def __len__(self) -> int:
+        with self._replica._lock:
+            return len(self._root)
+
+    def __contains__(self, task_id: object) -> bool:
+        with self._replica._lock:
+            return isinstance(task_id, str) and task_id in self._root
+
+    def create(
+        self,
+        title: str,
+        *,
+        id: str | None = None,
+        description: str = "",
+        status: TaskStatus | str = TaskStatus.PENDING,
+        priority: Priority | str = Priority.MEDIUM,
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        depends_on: Iterable[str] = (),
+        properties: dict[str, Any] | None = None,
+    ) -> Task:
+        """Create a task and return it; an invalid field is refused with an error naming it."""
+        task_id = check_id("task", id) if id is not None else new_task_id()
+        fields = {
+            "title": _scalar("title", title),
+            "description": _scalar("description", description),
+            "status": _scalar("status", status),
+            "priority": _scalar("priority", priority),
+            "owner": _scalar("owner", owner),
+        }
+        tag_list = _id_set("tags", tags)
+        deps = _id_set("depends_on", depends_on)
+        if task_id in deps:
+            raise FieldError("task", "depends_on", "a task cannot depend on itself")
+        props = check_properties("task", properties or {})
+        now = iso_now()
+        with self._replica._write():
+            if task_id in self._root:
+                raise AlreadyExistsError("task", task_id)
+            self._root[task_id] = Map(
+                {
+                    **fields,
+                    "created_at": now,
+                    "updated_at": now,
+                    "created_by": self._replica.replica_id,
+                    "tags": as_set_map(tag_list),
+                    "depends_on": as_set_map(deps),
+                    "properties": Map(props),
+                }
+            )
+        return self.get(task_id)
+
+    def _entry(self, task_id: str) -> Map:
+        entry = self._root.get(task_id)
+        if entry is None:
+            raise NotFoundError("task", task_id)
+        if not isinstance(entry, Map):
+            raise InvalidRecordError("task", task_id, ["record is not a map"])
+        return entry
+
+    def update(
+        self,
+        task_id: str,
+        *,
+        add_tags: Iterable[str] = (),
+        remove_tags: Iterable[str] = (),
+        properties: dict[str, Any] | None = None,
+        remove_properties: Iterable[str] = (),
+        **fields: Any,
+    ) -> None:
+        """Change some fields of a task; only those fields are written, so peers' other edits survive.
+
+        `tags` / `depends_on` replace the set (as adds and removes of single members);
+        `properties` sets the given keys and leaves the others alone.
+        """
+        scalars: dict[str, Any] = {}
+        sets: dict[str, tuple[list[str], list[str] | None]] = {}
+        for name, value in fields.items():
+            if name in SCALAR_FIELDS:
+                scalars[name] = _scalar(name, value)
+            elif name in SET_FIELDS:
+                sets[name] = ([], _id_set(name, value))
+            else:
+                raise FieldError("task", name, "no such field (or not writable)")
+        if "depends_on" in sets and task_id in (sets["depends_on"][1] or []):
+            raise FieldError("task", "depends_on", "a task cannot depend on itself")
+        adds = _id_set("tags", add_tags)
+        removes = _id_set("tags", remove_tags)
+        props = check_properties("task", properties) if properties else {}
+        drop_props = list(remove_properties) if remove_properties else []
+        now = iso_now()
+        with self._replica._write():
+            try:
+                entry = self._root[task_id]
+            except KeyError:
+                raise NotFoundError("task", task_id) from None
+            if not isinstance(entry, Map):
+                raise InvalidRecordError("task", task_id, ["record is not a map"])
+            for name, value in scalars.items():
+                entry[name] = value
+            for name, (_, replacement) in sets.items():
+                self._replace_set(entry, name, replacement or [])
+            if adds or removes:
+                tags = self._nested(entry, "tags")
+                for tag in adds:
+                    tags[tag] = True
+                for tag in removes:
+                    if tag in tags:
+                        del tags[tag]
+            if props or drop_props:
+                bag = self._nested(entry, "properties")
+                for key, value in props.items():
+                    bag[key] = value
+                for key in drop_props:
+                    if key in bag:
+                        del bag[key]
+            entry["updated_at"] = now
+
+    @staticmethod
+    def _nested(entry: Map, name: str) -> Map:
+        """The nested map `name` of a task, created if a peer's record lacks it."""
+        nested = entry.get(name)
+        if not isinstance(nested, Map):
+            nested = entry[name] = Map()
+        return nested
+
+    def _replace_set(self, entry: Map, name: str, values: list[str]) -> None:
+        target = self._nested(entry, name)
+        wanted = set(values)
+        for key in list(target.keys()):
+            if key not in wanted:
+                del target[key]
+        for key in wanted:
+            if key not in target:
+                target[key] = True
+
+    def delete(self, task_id: str) -> None:
+        """Delete a task (a concurrent edit elsewhere does not bring it back)."""
+        with self._replica._write():
+            if task_id not in self._root:
+                raise NotFoundError("task", task_id)
+            del self._root[task_id]
+
+    def get(self, task_id: str) -> Task:
+        """The task, validated; NotFoundError or InvalidRecordError otherwise."""
+        with self._replica._lock:
+            data = record_dict(self._entry(task_id))
+        return self._validate(task_id, data)
+
+    def find(self, task_id: str) -> Task | None:
+        """The task, or None if it does not exist."""
+        try:
+            return self.get(task_id)
+        except NotFoundError:
+            return None
+
+    @staticmethod
+    def _validate(task_id: str, data: dict[str, Any]) -> Task:
+        try:
+            return Task.model_validate({**data, "id": task_id})
+        except PydanticValidationError as exc:
+            raise InvalidRecordError("task", task_id, describe_errors(exc)) from None
+
+    def _scan(self) -> tuple[list[Task], list[InvalidRecord]]:
+        with self._replica._lock:
+            raw = [(key, record_dict(value), isinstance(value, Map)) for key, value in self._root.items()]
+        good: list[Task] = []
+        bad: list[InvalidRecord] = []
+        for key, data, is_map in raw:
+            if not is_map:
+                bad.append(InvalidRecord(kind="task", id=key, problems=["record is not a map"]))
+                continue
+            try:
+                good.append(self._validate(key, data))
+            except InvalidRecordError as exc:
+                bad.append(InvalidRecord(kind="task", id=key, problems=exc.problems))
+        return good, bad
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        owner: str | None = None,
+        tag: str | None = None,
+    ) -> list[Task]:
+        """Valid tasks matching every filter given, oldest first; invalid ones are skipped (see `invalid`)."""
+        want_status = _scalar("status", status) if status is not None else None
+        tasks, _ = self._scan()
+        result = [
+            t
+            for t in tasks
+            if (want_status is None or t.status.value == want_status)
+            and (owner is None or t.owner == owner)
+            and (tag is None or tag in t.tags)
+        ]
+        result.sort(key=lambda t: (t.created_at, t.id))
+        return result
+
+    def invalid(self) -> list[InvalidRecord]:
+        """Stored tasks that fail validation (typically junk from a peer), with what is wrong."""
+        return self._scan()[1]
+
+    def translate(self, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
+        """Turn pycrdt deep events on the tasks root into typed change events."""
+        out: list[ChangeEvent] = []
+        for event in events:
+            path = list(event.path)
+            for key, change in event.keys.items():
+                action = change["action"]
+                old = plain(change.get("oldValue")) if action == "update" or (path and action == "delete") else None
+                new = plain(change.get("newValue")) if action != "delete" else None
+                if not path:
+                    out.append(ChangeEvent("task", key, None, action, old, new, origin, peer))  # type: ignore[arg-type]
+                elif len(path) == 1:
+                    out.append(ChangeEvent("task", str(path[0]), key, action, old, new, origin, peer))  # type: ignore[arg-type]
+                else:
+                    field = str(path[1])
+                    if field in MAP_FIELDS:
+                        out.append(ChangeEvent("task", str(path[0]), f"{field}.{key}", action, old, new, origin, peer))  # type: ignore[arg-type]
+                    else:
+                        member_old = key if action == "delete" else None
+                        member_new = key if action != "delete" else None
+                        out.append(ChangeEvent("task", str(path[0]), field, action, member_old, member_new, origin, peer))  # type: ignore[arg-type]
+        return out
