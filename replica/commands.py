@@ -1,0 +1,201 @@
+"""Named operations on a replica with JSON-able parameters and results.
+
+The CLI runs them on a replica it opens itself, or sends them to the daemon that holds
+the directory; both end up here, so the two paths cannot drift apart. Other packages
+register their own commands (the transport adds peer status, compat adds conflicts).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from .errors import FieldError, ReplicaError
+from .replica import Replica
+
+Handler = Callable[[Replica, dict[str, Any]], Any]
+_COMMANDS: dict[str, Handler] = {}
+
+
+class UnknownCommandError(ReplicaError):
+    """The command name is not registered (for instance a plugin is missing in the daemon)."""
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    """Register `handler` under `name`."""
+
+    def decorate(handler: Handler) -> Handler:
+        _COMMANDS[name] = handler
+        return handler
+
+    return decorate
+
+
+def execute(replica: Replica, name: str, params: dict[str, Any]) -> Any:
+    """Run command `name` on `replica`; errors are ReplicaError subclasses with clear messages."""
+    handler = _COMMANDS.get(name)
+    if handler is None:
+        raise UnknownCommandError(f"unknown command {name!r}")
+    return handler(replica, params)
+
+
+def names() -> list[str]:
+    """Every registered command name."""
+    return sorted(_COMMANDS)
+
+
+def _json(model: Any) -> Any:
+    return model.model_dump(mode="json")
+
+
+@command("task.add")
+def _task_add(r: Replica, p: dict[str, Any]) -> Any:
+    return _json(r.tasks.create(**p))
+
+
+@command("task.list")
+def _task_list(r: Replica, p: dict[str, Any]) -> Any:
+    return {"tasks": [_json(t) for t in r.tasks.list(**p)], "invalid": [_json(i) for i in r.tasks.invalid()]}
+
+
+@command("task.show")
+def _task_show(r: Replica, p: dict[str, Any]) -> Any:
+    return _json(r.tasks.get(p["id"]))
+
+
+@command("task.update")
+def _task_update(r: Replica, p: dict[str, Any]) -> Any:
+    params = dict(p)
+    task_id = params.pop("id")
+    r.tasks.update(task_id, **params)
+    return _json(r.tasks.get(task_id))
+
+
+@command("task.rm")
+def _task_rm(r: Replica, p: dict[str, Any]) -> Any:
+    r.tasks.delete(p["id"])
+    return {"deleted": p["id"]}
+
+
+@command("graph.node.add")
+def _node_add(r: Replica, p: dict[str, Any]) -> Any:
+    return _json(r.graph.add_node(**p))
+
+
+@command("graph.node.update")
+def _node_update(r: Replica, p: dict[str, Any]) -> Any:
+    params = dict(p)
+    node_id = params.pop("id")
+    r.graph.update_node(node_id, **params)
+    return _json(r.graph.get_node(node_id))
+
+
+@command("graph.node.rm")
+def _node_rm(r: Replica, p: dict[str, Any]) -> Any:
+    return {"deleted": p["id"], "edges_removed": r.graph.remove_node(p["id"])}
+
+
+@command("graph.node.list")
+def _node_list(r: Replica, p: dict[str, Any]) -> Any:
+    return {"nodes": [_json(n) for n in r.graph.nodes(**p)]}
+
+
+@command("graph.edge.add")
+def _edge_add(r: Replica, p: dict[str, Any]) -> Any:
+    return _json(r.graph.add_edge(**p))
+
+
+@command("graph.edge.rm")
+def _edge_rm(r: Replica, p: dict[str, Any]) -> Any:
+    if not r.graph.remove_edge(p["source"], p["target"], p["type"]):
+        from .errors import NotFoundError
+
+        raise NotFoundError("edge", f"{p['source']}|{p['type']}|{p['target']}")
+    return {"deleted": f"{p['source']}|{p['type']}|{p['target']}"}
+
+
+@command("graph.edge.list")
+def _edge_list(r: Replica, p: dict[str, Any]) -> Any:
+    return {"edges": [_json(e) for e in r.graph.edges(**p)],
+            "dangling": [_json(e) for e in r.graph.dangling_edges()]}
+
+
+@command("graph.show")
+def _graph_show(r: Replica, p: dict[str, Any]) -> Any:
+    walk = r.graph.traverse(p["id"], max_depth=p.get("depth", 1), max_nodes=p.get("limit", 200),
+                            direction=p.get("direction", "both"))
+    ids = {node.id for node, _ in walk}
+    edges = [e for e in r.graph.edges() if e.source in ids and e.target in ids]
+    return {"nodes": [{**_json(n), "depth": d} for n, d in walk], "edges": [_json(e) for e in edges]}
+
+
+@command("counter.incr")
+def _counter_incr(r: Replica, p: dict[str, Any]) -> Any:
+    return {"name": p["name"], "value": r.counters.incr(p["name"], p.get("by", 1))}
+
+
+@command("counter.decr")
+def _counter_decr(r: Replica, p: dict[str, Any]) -> Any:
+    return {"name": p["name"], "value": r.counters.decr(p["name"], p.get("by", 1))}
+
+
+@command("counter.get")
+def _counter_get(r: Replica, p: dict[str, Any]) -> Any:
+    return {"name": p["name"], "value": r.counters.get(p["name"])}
+
+
+@command("counter.list")
+def _counter_list(r: Replica, p: dict[str, Any]) -> Any:
+    return {"counters": r.counters.all()}
+
+
+@command("lesson.add")
+def _lesson_add(r: Replica, p: dict[str, Any]) -> Any:
+    return _json(r.lessons.append(**p))
+
+
+@command("lesson.list")
+def _lesson_list(r: Replica, p: dict[str, Any]) -> Any:
+    return {"lessons": [_json(x) for x in r.lessons.list()]}
+
+
+@command("status")
+def _status(r: Replica, p: dict[str, Any]) -> Any:
+    return {"replica": r.stats(), "invalid_records": len(r.invalid_records())}
+
+
+@command("compact")
+def _compact(r: Replica, p: dict[str, Any]) -> Any:
+    report = r.compact()
+    return {"snapshot": str(report.snapshot), "lsn": report.lsn,
+            "removed_segments": [str(s) for s in report.removed_segments]}
+
+
+@command("verify")
+def _verify(r: Replica, p: dict[str, Any]) -> Any:
+    from .repair import scan
+
+    problems: list[str] = []
+    if r.datadir is not None:
+        with r._lock:
+            r.flush()
+            problems = scan(r.datadir).problems()
+    invalid = r.invalid_records()
+    return {"storage_problems": problems, "invalid": [_json(i) for i in invalid],
+            "ok": not problems and not invalid}
+
+
+@command("export")
+def _export(r: Replica, p: dict[str, Any]) -> Any:
+    return {"update": base64.b64encode(r.diff(None)).decode()}
+
+
+@command("import")
+def _import(r: Replica, p: dict[str, Any]) -> Any:
+    try:
+        update = base64.b64decode(p["update"], validate=True)
+    except (ValueError, TypeError):
+        raise FieldError("import", "update", "not base64") from None
+    changed = r.apply_update(update, origin=p.get("origin", "import"))
+    return {"changed": changed}
