@@ -482,17 +482,18 @@ class GraphWAL:
     def _apply_merge(entry: GraphWALEntry, graph: Any) -> None:
         """Merge the sources pairwise into ``node_id``, only when there are two or more and all exist."""
         sources: List[str] = list(entry.payload.get("source_ids", []))
-        if len(sources) < 2 or not all(node_id in graph.nodes for node_id in sources):
+        target = entry.node_id
+        if not target or len(sources) < 2 or not all(node_id in graph.nodes for node_id in sources):
             return
         current = sources[0]
         for source in sources[1:]:
             if source == current:
                 continue
             try:
-                graph.merge_nodes(current, source, entry.node_id)
+                graph.merge_nodes(current, source, target)
             except ValueError:
                 continue
-            current = entry.node_id
+            current = target
 
     # ------------------------------------------------------------- snapshots
 

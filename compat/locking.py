@@ -134,7 +134,7 @@ class ProcessLock:
         A missing file, any unexpected error, or a live pid (ours included) means not stale.
         """
         try:
-            with open(self.lock_path, "r", encoding="utf-8") as handle:
+            with open(self.lock_path, "r", encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
             if not text.strip():
                 return True

@@ -517,7 +517,16 @@ def compact(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def verify(ctx: click.Context, as_json: bool) -> None:
     """Check every log record and snapshot, and list invalid records; exit 8 if anything is wrong."""
-    result = _session(ctx).run("verify", {})
+    session = _session(ctx)
+    try:
+        result = session.run("verify", {})
+    except ReplicaError as exc:
+        if isinstance(exc, DataDirLockedError) or not session.datadir.exists():
+            raise
+        from .repair import scan
+
+        problems = scan(session.datadir).problems() or [f"cannot open: {exc}"]
+        result = {"storage_problems": problems, "invalid": [], "ok": False}
 
     def render(d: dict[str, Any]) -> None:
         for line in d["storage_problems"]:

@@ -11,6 +11,7 @@ from .errors import (
     InvalidRecordError,
     InvalidUpdateError,
     NotFoundError,
+    ReplicaError,
     StorageError,
 )
 
@@ -49,6 +50,8 @@ def exit_code_for(exc: BaseException) -> int:
         code = _EXTRA.get(cls.__name__)
         if code is not None:
             return code
+    if isinstance(exc, ReplicaError):
+        return ExitCode.DATA
     return ExitCode.INTERNAL
 
 

@@ -21,7 +21,7 @@ import pytest
 import compat
 import compat.locking
 from compat.locking import ProcessLock
-from tests.compat.conftest import Child, wait_until
+from tests.compat.conftest import Child, pid_is_dead, wait_until
 
 SpawnFn = Callable[..., Child]
 
@@ -345,6 +345,12 @@ def test_is_stale_for_empty_invalid_or_pidless_files(lock_path: Path, contents: 
     assert ProcessLock(lock_path)._is_stale_lock() is True
 
 
+def test_is_stale_for_binary_garbage(lock_path: Path) -> None:
+    lock_path.parent.mkdir(parents=True)
+    lock_path.write_bytes(b"\xff\xfe\x00garbage")
+    assert ProcessLock(lock_path)._is_stale_lock() is True
+
+
 def test_is_not_stale_for_our_own_pid(lock_path: Path) -> None:
     _write(lock_path, {"pid": os.getpid(), "acquired_at": time.time()})
     assert ProcessLock(lock_path)._is_stale_lock() is False
@@ -397,6 +403,15 @@ def test_acquire_over_leftover_files_rewrites_them(lock_path: Path, contents: ob
     lock.release()
 
 
+def test_stale_detection_runs_only_when_flock_fails(lock_path: Path) -> None:
+    _write(lock_path, {"pid": 4242, "acquired_at": 1.0})
+    with mock.patch("compat.locking.os.kill") as kill:
+        lock = ProcessLock(lock_path)
+        assert lock.acquire() is True
+    kill.assert_not_called()
+    lock.release()
+
+
 def test_empty_lock_file_does_not_block(lock_path: Path) -> None:
     _write(lock_path, "")
     with ProcessLock(lock_path) as lock:
@@ -413,9 +428,11 @@ def test_dead_pid_in_an_unlocked_file_is_taken(lock_path: Path) -> None:
 
 
 def test_held_lock_of_a_dead_pid_with_zero_time_is_stolen(
-    lock_path: Path, raw_holder: Callable[[object], int], dead_pid: int
+    lock_path: Path, raw_holder: Callable[[object], int]
 ) -> None:
-    raw_holder({"pid": dead_pid, "acquired_at": 0.0})
+    if not pid_is_dead(999999):
+        pytest.skip("pid 999999 is alive here")
+    raw_holder({"pid": 999999, "acquired_at": 0.0})
     lock = ProcessLock(lock_path)
     assert lock.acquire() is True
     assert _holder_info(lock_path)["pid"] == os.getpid()
