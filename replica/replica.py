@@ -27,6 +27,7 @@ from .graph import Graph
 from .lessons import Lessons
 from .models import InvalidRecord
 from .schema import COUNTERS, EDGES, LESSONS, META, NODES, REMOVED_NODES, SCHEMA_VERSION, TASKS
+from .records import Records
 from .snapshot import SnapshotProblem, SnapshotStore
 from .statevector import decode_state_vector
 from .tasks import TaskBoard
@@ -35,6 +36,7 @@ from .update_log import DEFAULT_FLUSH_INTERVAL, DEFAULT_SEGMENT_SIZE, ReplayRepo
 log = logging.getLogger(__name__)
 
 EMPTY_UPDATE = b"\x00\x00"
+RESERVED_ROOTS = frozenset({TASKS, NODES, EDGES, REMOVED_NODES, COUNTERS, LESSONS, META})
 LOCAL = "local"
 DEFAULT_AUTO_COMPACT_BYTES = 32 * 1024 * 1024
 UpdateListener = Callable[[bytes, str | None], None]
@@ -112,6 +114,7 @@ class Replica:
         self._feed = ChangeFeed()
         self._deep_subs: list[Any] = []
         self._compacting = threading.Lock()
+        self._collections: dict[str, Records] = {}
         self.meta = doc.get(META, type=Map)
         for name, kind in ((TASKS, Map), (NODES, Map), (EDGES, Map), (REMOVED_NODES, Map),
                            (COUNTERS, Map), (LESSONS, Array)):
@@ -354,6 +357,16 @@ class Replica:
             self._ensure_deep_observers()
         async for event in self._feed.iterate(maxsize):
             yield event
+
+    def collection(self, name: str, *, ignore_fields: tuple[str, ...] = ()) -> Records:
+        """A named collection of keyed JSON records with write history and conflicts (one per name)."""
+        with self._lock:
+            found = self._collections.get(name)
+            if found is None:
+                if name in RESERVED_ROOTS:
+                    raise ReplicaError(f"{name!r} is a reserved root name")
+                found = self._collections[name] = Records(self, name, ignore_fields=ignore_fields)
+            return found
 
     # -- maintenance -------------------------------------------------------------------
 
