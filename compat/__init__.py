@@ -36,7 +36,5 @@ from compat.types import Task as Task
 from compat.wal import WALManager as WALManager
 
 __all__ = sorted(
-    name
-    for name, value in list(globals().items())
-    if not name.startswith("_") and not isinstance(value, _ModuleType)
+    name for name, value in list(globals().items()) if not name.startswith("_") and not isinstance(value, _ModuleType)
 )

@@ -44,9 +44,7 @@ def compute_file_checksum(path: Union[str, Path], truncate: Optional[int] = DEFA
     return compute_checksum(data, truncate)
 
 
-def verify_file_checksum(
-    path: Union[str, Path], expected: str, truncate: Optional[int] = DEFAULT_TRUNCATE
-) -> bool:
+def verify_file_checksum(path: Union[str, Path], expected: str, truncate: Optional[int] = DEFAULT_TRUNCATE) -> bool:
     """True when the JSON object in ``path`` checksums to ``expected``."""
     return compute_file_checksum(path, truncate) == expected
 

@@ -14,10 +14,7 @@ from typing import Optional
 class DurabilityMode(Enum):
     """When to fsync: every append (PARANOID), at commit (BALANCED) or never (RELAXED).
 
-    ``LAZY`` is the name the old design documents use for RELAXED; it is an enum
-    alias, so ``DurabilityMode.LAZY is DurabilityMode.RELAXED`` and iteration
-    still yields three members.
-    """
+    ``LAZY`` (the old design documents' name) is an alias of RELAXED, so iteration still yields three members."""
 
     PARANOID = "paranoid"
     BALANCED = "balanced"

@@ -299,9 +299,7 @@ class _DirLock:
 class GraphWAL:
     """Durable log of graph operations with replay, snapshots and compaction.
 
-    Log with the ``log_*`` methods, rebuild with ``apply_entry`` over
-    ``get_all_entries()`` (or a snapshot plus ``get_entries_since``).
-    """
+    Log with ``log_*``; rebuild with ``apply_entry`` over ``get_all_entries()`` (or a snapshot and the rest)."""
 
     def __init__(self, wal_dir: Union[str, Path]) -> None:
         self.wal_dir: Path = Path(wal_dir)
@@ -362,9 +360,7 @@ class GraphWAL:
     def log_remove_edge(self, source_id: str, target_id: str, edge_type: EdgeType) -> None:
         """Log the removal of an edge."""
         self._log(
-            GraphWALEntry(
-                operation="remove_edge", source_id=source_id, target_id=target_id, edge_type=edge_type.value
-            )
+            GraphWALEntry(operation="remove_edge", source_id=source_id, target_id=target_id, edge_type=edge_type.value)
         )
 
     def log_add_cluster(
@@ -467,7 +463,9 @@ class GraphWAL:
         if entry.source_id not in graph.nodes or entry.target_id not in graph.nodes:
             return
         edge_type = EdgeType(entry.edge_type)
-        if any(e.target_id == entry.target_id and e.edge_type == edge_type for e in graph.get_edges_from(entry.source_id)):
+        if any(
+            e.target_id == entry.target_id and e.edge_type == edge_type for e in graph.get_edges_from(entry.source_id)
+        ):
             return
         graph.add_edge(
             entry.source_id,
@@ -523,11 +521,9 @@ class GraphWAL:
         return self._state_to_graph(data.get("state", {}))
 
     def compact_wal(self, graph: Any) -> str:
-        """Snapshot the graph (compressed), delete all log files, reset the entry count; returns the snapshot id.
-
-        Logging continues in a fresh log file, and the snapshot points at its
-        start, so a later snapshot-plus-replay skips nothing.
-        """
+        """Snapshot the graph (compressed), delete all log files, reset the entry count; returns the snapshot id."""
+        # Logging continues in a fresh log file and the snapshot points at its start,
+        # so a later snapshot-plus-replay skips nothing.
         with self._lock:
             self._writer.index = self._writer.load_index()
             old_logs = sorted(self._writer.logs_dir.glob("wal_*.jsonl"))

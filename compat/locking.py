@@ -37,8 +37,7 @@ _CONTENDED = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
 class ProcessLock:
     """Exclusive cross-process lock on ``lock_path`` with timeouts, reentrancy and stale-lock recovery.
 
-    The reentrancy count belongs to the instance (not the thread). Two
-    instances on the same path exclude each other, even inside one process.
+    Reentrancy is counted per instance; two instances on one path exclude each other even in one process.
     """
 
     def __init__(self, lock_path: Union[str, Path], reentrant: bool = True, stale_timeout: float = 3600.0) -> None:
@@ -55,8 +54,7 @@ class ProcessLock:
     def acquire(self, timeout: Optional[float] = None) -> bool:
         """Take the lock: one try when ``timeout`` is None, else retry with backoff until it elapses.
 
-        Returns True on success and False otherwise; errors are never raised.
-        """
+        Returns True on success, False otherwise; errors are never raised."""
         start = time.monotonic()
         delay = INITIAL_BACKOFF
         while True:
@@ -131,8 +129,7 @@ class ProcessLock:
     def _is_stale_lock(self) -> bool:
         """True when the lock file names no live holder: empty, not JSON, no pid, too old, or a dead pid.
 
-        A missing file, any unexpected error, or a live pid (ours included) means not stale.
-        """
+        A missing file, any other error, or a live pid (ours included) means not stale."""
         try:
             with open(self.lock_path, "r", encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
@@ -172,11 +169,9 @@ class ProcessLock:
         return self._recover_stale()
 
     def _open_locked(self) -> Optional[int]:
-        """Open ``lock_path`` and ``flock`` it without blocking; the locked fd, or None when held elsewhere.
-
-        After locking, the path must still name the locked inode; a file that was
-        replaced meanwhile (stale recovery elsewhere) is retried on the new one.
-        """
+        """Open ``lock_path`` and ``flock`` it without blocking; the locked fd, or None when held elsewhere."""
+        # After locking, the path must still name the locked inode: a file replaced
+        # meanwhile (stale recovery elsewhere) is retried on the new one.
         for _ in range(8):
             fd = _open_lock_file(self.lock_path)
             try:
@@ -212,12 +207,9 @@ class ProcessLock:
         self._owner_pid = os.getpid()
 
     def _recover_stale(self) -> bool:
-        """Replace a stale lock file by a new inode and lock that, serialised by a guard lock.
-
-        The verdict is confirmed after a short pause on the same inode, so a
-        holder that has just locked the file (and not yet written its pid) is
-        not mistaken for a dead one.
-        """
+        """Replace a stale lock file by a new inode and lock that, serialised by a guard lock."""
+        # The verdict is confirmed after a short pause on the same inode, so a holder
+        # that has just locked the file (and not yet written its pid) is not taken for dead.
         guard = _GuardLock(self.lock_path.with_name(self.lock_path.name + ".guard"))
         if not guard.try_lock():
             return False
@@ -259,6 +251,7 @@ class _GuardLock:
         self._fd: Optional[int] = None
 
     def try_lock(self) -> bool:
+        """Take the guard without blocking; False when another recovery holds it."""
         fd = _open_lock_file(self._path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -269,6 +262,7 @@ class _GuardLock:
         return True
 
     def unlock(self) -> None:
+        """Release the guard (the side file stays)."""
         if self._fd is not None:
             _close_quietly(self._fd)
             self._fd = None

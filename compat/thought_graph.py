@@ -168,12 +168,9 @@ class ThoughtGraph:
         return self.nodes.get(node_id)
 
     def merge_nodes(self, node_id1: str, node_id2: str, merged_id: str) -> ThoughtNode:
-        """Merge two nodes into ``merged_id``: joined content, merged properties, edges redirected.
+        """Merge two nodes into ``merged_id`` (one of them or a new id): joined content, edges redirected.
 
-        ``merged_id`` may be one of the two (updated in place) or a new id; self-loops
-        created by the merge are dropped. Missing nodes or a foreign existing
-        ``merged_id`` raise ValueError.
-        """
+        Self-loops from the merge are dropped; missing nodes or a foreign existing ``merged_id`` raise ValueError."""
         if node_id1 not in self.nodes or node_id2 not in self.nodes:
             raise ValueError("Both nodes must exist")
         if merged_id in self.nodes and merged_id not in (node_id1, node_id2):

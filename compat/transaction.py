@@ -85,9 +85,7 @@ class Transaction:
             state=TransactionState(data["state"]),
             started_at=data["started_at"],
             snapshot_version=data["snapshot_version"],
-            write_set={
-                entity_id: Entity.from_dict(entity) for entity_id, entity in data.get("write_set", {}).items()
-            },
+            write_set={entity_id: Entity.from_dict(entity) for entity_id, entity in data.get("write_set", {}).items()},
             read_set=dict(data.get("read_set", {})),
         )
 

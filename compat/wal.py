@@ -93,9 +93,7 @@ def _is_legacy_line(data: Mapping[str, Any]) -> bool:
 class WALManager:
     """Append-only transaction log in ``wal_dir`` with replay and crash-state queries.
 
-    PARANOID fsyncs every append and sequence update; BALANCED leaves that to
-    ``fsync_now()`` at commit; RELAXED never fsyncs.
-    """
+    PARANOID fsyncs every append; BALANCED leaves it to ``fsync_now()`` at commit; RELAXED never fsyncs."""
 
     def __init__(self, wal_dir: Union[str, Path], durability: DurabilityMode = DurabilityMode.BALANCED) -> None:
         self.wal_dir: Path = Path(wal_dir)

@@ -118,7 +118,9 @@ def test_merge_uses_the_stored_field_list_not_a_recomputation() -> None:
     assert ConflictResolver().resolve(conflict, local, remote, ConflictStrategy.MERGE) is remote
 
 
-@pytest.mark.parametrize(("local_version", "remote_version", "winner"), [(2, 3, "remote"), (5, 3, "local"), (4, 4, "local")])
+@pytest.mark.parametrize(
+    ("local_version", "remote_version", "winner"), [(2, 3, "remote"), (5, 3, "local"), (4, 4, "local")]
+)
 def test_merge_without_fields_takes_the_higher_version(local_version: int, remote_version: int, winner: str) -> None:
     local, remote = _pair(local_version, remote_version)
     conflict = SyncConflict("T-1", "task", local_version, remote_version, [])

@@ -204,7 +204,10 @@ def test_each_log_method_writes_one_entry(
 
 
 def _old_record_checksum(line: Dict[str, Any]) -> str:
-    body = {key: line[key] for key in ("operation", "timestamp", "doc_id", "phase", "reason", "affected_computations", "payload")}
+    body = {
+        key: line[key]
+        for key in ("operation", "timestamp", "doc_id", "phase", "reason", "affected_computations", "payload")
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -373,7 +376,9 @@ def test_apply_update_node(tmp_path: Path) -> None:
 
 def test_apply_add_edge_needs_both_nodes_and_skips_duplicates(tmp_path: Path) -> None:
     wal, graph = GraphWAL(tmp_path), _graph_with("a", "b")
-    edge = _entry("add_edge", source_id="a", target_id="b", edge_type="supports", payload={"weight": 0.4, "confidence": 0.6})
+    edge = _entry(
+        "add_edge", source_id="a", target_id="b", edge_type="supports", payload={"weight": 0.4, "confidence": 0.6}
+    )
     wal.apply_entry(edge, graph)
     wal.apply_entry(edge, graph)
     assert graph.edge_count() == 1
@@ -556,6 +561,17 @@ def test_only_the_three_newest_snapshots_are_kept(tmp_path: Path) -> None:
     assert wal.load_snapshot() is not None
 
 
+def _edge_record(source: str, target: str, edge_type: str, bidirectional: bool = False) -> Dict[str, Any]:
+    return {
+        "source_id": source,
+        "target_id": target,
+        "edge_type": edge_type,
+        "weight": 1.0,
+        "confidence": 1.0,
+        "bidirectional": bidirectional,
+    }
+
+
 def test_loading_skips_edges_with_missing_endpoints_and_duplicate_reverse_edges(tmp_path: Path) -> None:
     wal = GraphWAL(tmp_path)
     state = {
@@ -564,12 +580,12 @@ def test_loading_skips_edges_with_missing_endpoints_and_duplicate_reverse_edges(
             "b": {"node_type": "goal", "content": "B", "properties": {"k": 1}, "metadata": {}},
         },
         "edges": [
-            {"source_id": "a", "target_id": "b", "edge_type": "similar", "weight": 1.0, "confidence": 1.0, "bidirectional": True},
-            {"source_id": "b", "target_id": "a", "edge_type": "similar", "weight": 1.0, "confidence": 1.0, "bidirectional": False},
-            {"source_id": "a", "target_id": "gone", "edge_type": "depends_on", "weight": 1.0, "confidence": 1.0, "bidirectional": False},
+            _edge_record("a", "b", "similar", bidirectional=True),
+            _edge_record("b", "a", "similar"),
+            _edge_record("a", "gone", "depends_on"),
         ],
         "clusters": {},
-    }  # fmt: skip
+    }
     document = {
         "snapshot_id": "snap_20251221_013705_842455",
         "timestamp": "2025-12-21T01:37:05.842455",

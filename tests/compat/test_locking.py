@@ -427,9 +427,7 @@ def test_dead_pid_in_an_unlocked_file_is_taken(lock_path: Path) -> None:
     lock.release()
 
 
-def test_held_lock_of_a_dead_pid_with_zero_time_is_stolen(
-    lock_path: Path, raw_holder: Callable[[object], int]
-) -> None:
+def test_held_lock_of_a_dead_pid_with_zero_time_is_stolen(lock_path: Path, raw_holder: Callable[[object], int]) -> None:
     if not pid_is_dead(999999):
         pytest.skip("pid 999999 is alive here")
     raw_holder({"pid": 999999, "acquired_at": 0.0})
@@ -501,9 +499,7 @@ def test_holder_that_writes_its_pid_during_the_recheck_is_not_stolen(
         assert ProcessLock(lock_path).acquire() is False
 
 
-def test_recovery_is_serialised_by_a_guard(
-    lock_path: Path, raw_holder: Callable[[object], int], dead_pid: int
-) -> None:
+def test_recovery_is_serialised_by_a_guard(lock_path: Path, raw_holder: Callable[[object], int], dead_pid: int) -> None:
     raw_holder({"pid": dead_pid, "acquired_at": time.time()})
     guard_fd = os.open(f"{lock_path}.guard", os.O_RDWR | os.O_CREAT, 0o644)
     try:

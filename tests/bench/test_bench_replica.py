@@ -1,0 +1,158 @@
+"""Replica benchmarks (issue 2): update throughput per mode, open time, replay rate, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pycrdt import Doc, Map
+
+from replica import Replica
+from replica.models import iso_now
+
+from .conftest import best_of, fsync_rate, report
+
+TASKS = 1000
+UPDATES = 20_000
+
+
+def _raw_rate() -> float:
+    """Raw pycrdt doing the same Y writes a task update does (status and updated_at), no layer."""
+    doc = Doc()
+    tasks = doc.get("tasks", type=Map)
+    with doc.transaction():
+        for i in range(TASKS):
+            tasks[f"T{i}"] = Map({"title": "x", "status": "pending", "updated_at": iso_now()})
+    start = time.perf_counter()
+    for i in range(UPDATES):
+        with doc.transaction():
+            entry = tasks[f"T{i % TASKS}"]
+            entry["status"] = "completed" if i % 2 else "pending"
+            entry["updated_at"] = iso_now()
+    return UPDATES / (time.perf_counter() - start)
+
+
+def _replica_rate(path: Path, mode: str, updates: int) -> float:
+    with Replica.open(path, durability=mode) as replica:
+        with replica.transaction():
+            ids = [replica.tasks.create(f"task {i}").id for i in range(TASKS)]
+        start = time.perf_counter()
+        for i in range(updates):
+            replica.tasks.update(ids[i % TASKS], status="completed" if i % 2 else "pending")
+        return updates / (time.perf_counter() - start)
+
+
+@pytest.mark.parametrize("mode", ["lazy", "balanced"])
+def test_task_updates_per_second(tmp_path: Path, mode: str) -> None:
+    raw = best_of(5, _raw_rate)
+    ours = best_of(5, lambda: _replica_rate(tmp_path / f"{mode}-{time.perf_counter_ns()}", mode, UPDATES))
+    report(f"task field updates/s, {mode.upper()}", ours, raw, "upd/s", goal=">= 0.5x",
+           baseline_name="raw pycrdt")
+
+
+def test_paranoid_updates_vs_raw_fsync(tmp_path: Path) -> None:
+    disk = best_of(5, lambda: fsync_rate(tmp_path))
+    ours = best_of(5, lambda: _replica_rate(tmp_path / f"p-{time.perf_counter_ns()}", "paranoid", 300))
+    report("task field updates/s, PARANOID", ours, disk, "upd/s", goal=">= 0.8x", baseline_name="raw fsync")
+
+
+BIG = 100_000
+_BUILD = """
+import sys, time
+from replica import Replica
+with Replica.open(sys.argv[1], durability="lazy") as r:
+    with r.transaction():
+        for i in range(int(sys.argv[2])):
+            r.tasks.create(f"task {i}", id=f"T-{i:07d}", tags=["bench"], properties={"n": i})
+    r.compact()
+"""
+
+_OPEN = """
+import json, sys, time, resource
+from pathlib import Path
+def rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+mode = sys.argv[1]
+import pycrdt
+from replica import Replica
+from replica.snapshot import SnapshotStore
+state = SnapshotStore(Path(sys.argv[2]) / "snapshots").load_latest()[0].state
+del sys.modules["replica"]
+before = rss()
+start = time.perf_counter()
+if mode == "raw":
+    doc = pycrdt.Doc()
+    doc.apply_update(state)
+    size = len(doc.get("tasks", type=pycrdt.Map))
+else:
+    r = Replica.open(sys.argv[2], durability="lazy")
+    size = len(r.tasks)
+elapsed = time.perf_counter() - start
+del state
+import gc; gc.collect()
+print(json.dumps({"seconds": elapsed, "rss": rss() - before, "size": size}))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_replica(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "data"
+    subprocess.run([sys.executable, "-c", _BUILD, str(path), str(BIG)], check=True)
+    return path
+
+
+def _measure(mode: str, path: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", _OPEN, mode, str(path)], check=True, capture_output=True).stdout
+    result = json.loads(out)
+    assert result["size"] == BIG
+    return result
+
+
+def test_open_from_snapshot(big_replica: Path) -> None:
+    raw = [_measure("raw", big_replica) for _ in range(3)]
+    ours = [_measure("replica", big_replica) for _ in range(3)]
+    raw_s = sorted(r["seconds"] for r in raw)[1]
+    ours_s = sorted(r["seconds"] for r in ours)[1]
+    report(f"open {BIG:,} tasks from snapshot", ours_s, raw_s, "s", goal="<= 1.3x", higher_is_better=False,
+           baseline_name="raw apply")
+    raw_mem = sorted(r["rss"] for r in raw)[1] / 2**20
+    ours_mem = sorted(r["rss"] for r in ours)[1] / 2**20
+    report(f"resident memory for {BIG:,} tasks (RSS growth)", ours_mem, raw_mem, "MiB", goal="<= 1.5x",
+           higher_is_better=False, baseline_name="raw pycrdt")
+
+
+def test_log_replay_rate(tmp_path: Path) -> None:
+    path = tmp_path / "replay"
+    count = 50_000
+    with Replica.open(path, durability="lazy") as replica:
+        ids = [replica.tasks.create(f"t{i}").id for i in range(100)]
+        for i in range(count):
+            replica.tasks.update(ids[i % 100], status="completed" if i % 2 else "pending")
+        records = replica.last_lsn
+        updates = []
+        replica.on_update(lambda u, o: updates.append(u))
+    start = time.perf_counter()
+    with Replica.open(path, durability="lazy") as reopened:
+        assert reopened.open_report.replay.records == records
+    ours = records / (time.perf_counter() - start)
+    doc_updates: list[bytes] = []
+    source = Doc()
+    source.observe(lambda e: doc_updates.append(e.update))
+    tasks = source.get("tasks", type=Map)
+    for i in range(100):
+        tasks[f"t{i}"] = Map({"status": "pending"})
+    for i in range(count):
+        tasks[f"t{i % 100}"]["status"] = "completed" if i % 2 else "pending"
+    start = time.perf_counter()
+    target = Doc()
+    with target.transaction():
+        for update in doc_updates:
+            target.apply_update(update)
+    raw = len(doc_updates) / (time.perf_counter() - start)
+    report("log replay on open, records/s", ours, raw, "rec/s", goal="reported", baseline_name="raw apply")

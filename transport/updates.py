@@ -1,0 +1,400 @@
+"""Yjs v1 update surgery the mesh needs: split an update under a size limit, digest a state.
+
+pycrdt can only produce suffixes of a document's history (`get_update(state_vector)`), so
+an update too big for one frame is cut here at struct boundaries. Each piece is a valid
+update on its own: a struct that arrives before the structs it depends on waits in the
+receiving Doc (Yjs "pending" structs) until they come, so applying the pieces in any
+order converges to the same state as applying the whole. Struct contents are skipped,
+never interpreted; any byte layout not recognised raises `UpdateFormatError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from transport.wire import encode_varuint
+
+MAX_ANY_DEPTH = 256
+"""Nesting depth of lib0 `Any` values accepted while skipping content."""
+
+DIGEST_SIZE = 32
+"""Bytes of a state digest (SHA-256)."""
+
+_DIGEST_DOMAIN = b"agentstate state digest v1\x00"
+
+_ITEM_ORIGIN = 0x80
+_ITEM_RIGHT_ORIGIN = 0x40
+_ITEM_PARENT_SUB = 0x20
+_CONTENT_MASK = 0x1F
+_GC = 0
+_SKIP = 10
+_XML_ELEMENT = 3
+_XML_HOOK = 5
+_VARUINT_RUNS: dict[int, re.Pattern[bytes]] = {}
+
+
+class UpdateFormatError(ValueError):
+    """The bytes are not a Yjs v1 update this module can take apart."""
+
+
+class UpdateTooLargeError(ValueError):
+    """One struct alone exceeds the size limit, so no split can respect it."""
+
+
+class _Cursor:
+    """Reads lib0 primitives from an update, raising UpdateFormatError past the end."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def varuint(self) -> int:
+        """Read one varuint (lenient about size: only boundaries matter here)."""
+        data, pos, value, shift = self.data, self.pos, 0, 0
+        while True:
+            if pos >= len(data):
+                raise UpdateFormatError("update is truncated")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                self.pos = pos
+                return value
+            shift += 7
+            if shift > 70:
+                raise UpdateFormatError("over-long varuint in update")
+
+    def skip_varuints(self, count: int) -> None:
+        """Skip `count` varuints in one regex pass (delete sets hold hundreds of thousands)."""
+        if count == 0:
+            return
+        pattern = _VARUINT_RUNS.get(count)
+        if pattern is None:
+            pattern = re.compile(rb"(?:[\x80-\xff]*[\x00-\x7f]){%d}" % count)
+            if len(_VARUINT_RUNS) < 64:
+                _VARUINT_RUNS[count] = pattern
+        match = pattern.match(self.data, self.pos)
+        if match is None:
+            raise UpdateFormatError("update is truncated in a run of numbers")
+        self.pos = match.end()
+
+    def byte(self) -> int:
+        """Read one raw byte."""
+        if self.pos >= len(self.data):
+            raise UpdateFormatError("update is truncated")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def skip(self, count: int) -> None:
+        """Skip `count` raw bytes."""
+        if count > len(self.data) - self.pos:
+            raise UpdateFormatError("update is truncated")
+        self.pos += count
+
+    def var_bytes(self) -> bytes:
+        """Read a varUint8Array."""
+        length = self.varuint()
+        start = self.pos
+        self.skip(length)
+        return self.data[start : self.pos]
+
+    def skip_var_bytes(self) -> None:
+        """Skip a varUint8Array or varString."""
+        self.skip(self.varuint())
+
+
+@dataclass(slots=True)
+class _Block:
+    """One client's run of structs: byte spans and clock lengths, first clock explicit."""
+
+    client: int
+    clock: int
+    structs: list[tuple[int, int, int]] = field(default_factory=list)
+    """(start offset, end offset, clock length) of each struct in the update bytes."""
+
+
+@dataclass(slots=True)
+class _DeleteEntry:
+    """One client's part of the delete set: its id and the raw bytes of its ranges."""
+
+    client: int
+    range_count: int
+    ranges: bytes
+
+
+def _skip_any(cursor: _Cursor, depth: int = 0) -> None:
+    """Skip one lib0 `Any` value."""
+    if depth > MAX_ANY_DEPTH:
+        raise UpdateFormatError("lib0 Any value nested too deeply")
+    tag = cursor.byte()
+    if tag in (127, 126, 121, 120):
+        return
+    if tag == 125:
+        while cursor.byte() >= 0x80:
+            pass
+    elif tag == 124:
+        cursor.skip(4)
+    elif tag in (123, 122):
+        cursor.skip(8)
+    elif tag in (119, 116):
+        cursor.skip_var_bytes()
+    elif tag == 118:
+        for _ in range(cursor.varuint()):
+            cursor.skip_var_bytes()
+            _skip_any(cursor, depth + 1)
+    elif tag == 117:
+        for _ in range(cursor.varuint()):
+            _skip_any(cursor, depth + 1)
+    else:
+        raise UpdateFormatError(f"unknown lib0 Any tag {tag}")
+
+
+def _skip_content(cursor: _Cursor, ref: int) -> int:
+    """Skip an item's content and return its clock length."""
+    if ref == 1:
+        return cursor.varuint()
+    if ref == 2:
+        count = cursor.varuint()
+        for _ in range(count):
+            cursor.skip_var_bytes()
+        return count
+    if ref in (3, 5):
+        cursor.skip_var_bytes()
+        return 1
+    if ref == 4:
+        raw = cursor.var_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UpdateFormatError("string content is not UTF-8") from error
+        return len(text.encode("utf-16-le")) // 2
+    if ref == 6:
+        cursor.skip_var_bytes()
+        cursor.skip_var_bytes()
+        return 1
+    if ref == 7:
+        if cursor.varuint() in (_XML_ELEMENT, _XML_HOOK):
+            cursor.skip_var_bytes()
+        return 1
+    if ref == 8:
+        count = cursor.varuint()
+        for _ in range(count):
+            _skip_any(cursor)
+        return count
+    if ref == 9:
+        cursor.skip_var_bytes()
+        _skip_any(cursor)
+        return 1
+    raise UpdateFormatError(f"unknown item content type {ref}")
+
+
+def _skip_struct(cursor: _Cursor) -> int:
+    """Skip one struct (GC, Skip or Item) and return its clock length."""
+    info = cursor.byte()
+    ref = info & _CONTENT_MASK
+    if ref == _GC or ref == _SKIP:
+        return cursor.varuint()
+    if info & _ITEM_ORIGIN:
+        cursor.skip_varuints(2)
+    if info & _ITEM_RIGHT_ORIGIN:
+        cursor.skip_varuints(2)
+    if not info & (_ITEM_ORIGIN | _ITEM_RIGHT_ORIGIN):
+        if cursor.varuint() == 1:
+            cursor.skip_var_bytes()
+        else:
+            cursor.skip_varuints(2)
+        if info & _ITEM_PARENT_SUB:
+            cursor.skip_var_bytes()
+    return _skip_content(cursor, ref)
+
+
+def _parse_structs(update: bytes) -> tuple[list[_Block], int]:
+    """Every client block of `update` and the offset where its delete set starts."""
+    cursor = _Cursor(update)
+    blocks = []
+    for _ in range(cursor.varuint()):
+        struct_count = cursor.varuint()
+        block = _Block(client=cursor.varuint(), clock=cursor.varuint())
+        for _ in range(struct_count):
+            start = cursor.pos
+            length = _skip_struct(cursor)
+            block.structs.append((start, cursor.pos, length))
+        blocks.append(block)
+    return blocks, cursor.pos
+
+
+def _parse_delete_set(update: bytes, offset: int) -> list[_DeleteEntry]:
+    """The delete set of `update` starting at `offset`, one entry per client, as raw ranges."""
+    cursor = _Cursor(update, offset)
+    entries = []
+    for _ in range(cursor.varuint()):
+        client = cursor.varuint()
+        count = cursor.varuint()
+        start = cursor.pos
+        cursor.skip_varuints(2 * count)
+        entries.append(_DeleteEntry(client, count, update[start : cursor.pos]))
+    if cursor.pos != len(update):
+        raise UpdateFormatError(f"{len(update) - cursor.pos} trailing byte(s) after the delete set")
+    return entries
+
+
+def _encode_delete_set(entries: list[_DeleteEntry]) -> bytes:
+    """A v1 delete set holding `entries`."""
+    parts = [encode_varuint(len(entries))]
+    for entry in entries:
+        parts += [encode_varuint(entry.client), encode_varuint(entry.range_count), entry.ranges]
+    return b"".join(parts)
+
+
+class _ChunkBuilder:
+    """Accumulates client blocks into updates that stay under a byte limit."""
+
+    def __init__(self, update: bytes, limit: int) -> None:
+        self.update = update
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.blocks: list[tuple[int, int, list[bytes]]] = []
+        self.size = 0
+
+    def _header(self, client: int, clock: int, count: int) -> int:
+        return len(encode_varuint(count)) + len(encode_varuint(client)) + len(encode_varuint(clock))
+
+    def _encoded(self) -> bytes:
+        parts = [encode_varuint(len(self.blocks))]
+        for client, clock, structs in self.blocks:
+            parts += [encode_varuint(len(structs)), encode_varuint(client), encode_varuint(clock)]
+            parts += structs
+        return b"".join(parts)
+
+    def _overhead(self) -> int:
+        """Bytes of the update framing around the blocks, with an empty delete set."""
+        return len(encode_varuint(len(self.blocks) + 1)) + 1
+
+    def flush(self) -> None:
+        """Close the chunk being built (if any) with an empty delete set."""
+        if self.blocks:
+            self.chunks.append(self._encoded() + b"\x00")
+            self.blocks, self.size = [], 0
+
+    def add_block(self, block: _Block) -> None:
+        """Append `block`'s structs, starting new chunks (and sub-blocks) as the limit requires."""
+        clock = block.clock
+        current: list[bytes] | None = None
+        for start, end, length in block.structs:
+            struct = self.update[start:end]
+            header = self._header(block.client, clock, 2**32)
+            if current is not None and self.size + len(struct) + self._overhead() <= self.limit:
+                current.append(struct)
+                self.size += len(struct)
+            else:
+                if self.size + header + len(struct) + self._overhead() > self.limit:
+                    self.flush()
+                if header + len(struct) + self._overhead() > self.limit:
+                    raise UpdateTooLargeError(
+                        f"a struct of {len(struct)} bytes cannot fit in {self.limit} bytes"
+                    )
+                current = [struct]
+                self.blocks.append((block.client, clock, current))
+                self.size += header + len(struct)
+            clock += length
+
+    def add_delete_set(self, entries: list[_DeleteEntry]) -> None:
+        """Append the delete set: to the last chunk if it fits, else in delete-only chunks."""
+        pending: list[_DeleteEntry] = []
+        pending_size = 0
+        groups: list[list[_DeleteEntry]] = []
+        for entry in entries:
+            for piece in self._cut_entry(entry):
+                piece_size = 24 + len(piece.ranges)
+                if pending and pending_size + piece_size > self.limit - 16:
+                    groups.append(pending)
+                    pending, pending_size = [], 0
+                pending.append(piece)
+                pending_size += piece_size
+        if pending:
+            groups.append(pending)
+        if not groups:
+            self.flush()
+            return
+        if self.blocks:
+            body = self._encoded()
+            first = _encode_delete_set(groups[0])
+            if len(body) + len(first) <= self.limit:
+                self.chunks.append(body + first)
+                self.blocks, self.size = [], 0
+                groups = groups[1:]
+            else:
+                self.flush()
+        for group in groups:
+            self.chunks.append(b"\x00" + _encode_delete_set(group))
+
+    def _cut_entry(self, entry: _DeleteEntry) -> list[_DeleteEntry]:
+        """Cut one client's ranges into pieces that each fit in a chunk."""
+        budget = self.limit - 40
+        if len(entry.ranges) <= budget:
+            return [entry]
+        if budget < 2 * 8:
+            raise UpdateTooLargeError(f"a delete range cannot fit in {self.limit} bytes")
+        cursor = _Cursor(entry.ranges)
+        pieces, start, count = [], 0, 0
+        for _ in range(entry.range_count):
+            before = cursor.pos
+            cursor.skip_varuints(2)
+            if cursor.pos - start > budget:
+                pieces.append(_DeleteEntry(entry.client, count, entry.ranges[start:before]))
+                start, count = before, 0
+            count += 1
+        pieces.append(_DeleteEntry(entry.client, count, entry.ranges[start:]))
+        return pieces
+
+
+def split_update(update: bytes, limit: int) -> list[bytes]:
+    """Cut a v1 update into valid updates of at most `limit` bytes each, in sending order.
+
+    Returns `[update]` when it already fits. Raises UpdateFormatError for bytes it cannot
+    parse and UpdateTooLargeError when a single struct exceeds `limit`.
+    """
+    if len(update) <= limit:
+        return [update]
+    blocks, delete_offset = _parse_structs(update)
+    entries = _parse_delete_set(update, delete_offset)
+    builder = _ChunkBuilder(update, limit)
+    for block in blocks:
+        builder.add_block(block)
+    builder.add_delete_set(entries)
+    return builder.chunks
+
+
+def state_digest(state_vector: bytes, delete_set_update: bytes) -> bytes:
+    """SHA-256 identifying a document state, independent of the encoder's client order.
+
+    `delete_set_update` is `doc.get_update(state_vector)` for the same Doc: no structs
+    beyond the vector (any pending ones are hashed raw) and the whole delete set. Two
+    Docs with equal digests hold the same structs (same state vector) and the same
+    deletions; the reverse may fail (equal states encoded differently), which only
+    costs a full diff.
+    """
+    vector = _Cursor(state_vector)
+    clocks = []
+    for _ in range(vector.varuint()):
+        clocks.append((vector.varuint(), vector.varuint()))
+    if vector.pos != len(state_vector):
+        raise UpdateFormatError("trailing bytes after the state vector")
+    blocks, delete_offset = _parse_structs(delete_set_update)
+    entries = _parse_delete_set(delete_set_update, delete_offset)
+    digest = hashlib.sha256(_DIGEST_DOMAIN)
+    digest.update(encode_varuint(len(clocks)))
+    for client, clock in sorted(clocks):
+        digest.update(encode_varuint(client) + encode_varuint(clock))
+    digest.update(encode_varuint(delete_offset))
+    digest.update(delete_set_update[:delete_offset])
+    digest.update(encode_varuint(len(entries)))
+    for entry in sorted(entries, key=lambda item: item.client):
+        digest.update(encode_varuint(entry.client) + encode_varuint(entry.range_count))
+        digest.update(encode_varuint(len(entry.ranges)) + entry.ranges)
+    return digest.digest()
