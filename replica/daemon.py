@@ -1,7 +1,7 @@
 """Daemon: holds a data directory, runs the replica, and serves commands and services until told to stop.
 
-Services (the transport's mesh, for one) plug in through `register_service`, so this
-module never imports them; it only starts, stops and asks them for status.
+Services (the transport's mesh, for one) come from `replica.services`, so this module
+never imports them; it only starts, stops and asks them for status.
 """
 
 from __future__ import annotations
@@ -13,41 +13,21 @@ import signal
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import commands
 from .control import ControlServer, Endpoint, new_token
 from .durability import Durability
 from .exitcodes import exit_code_for
 from .replica import Replica
+from .services import Service, register_service, start_services, stop_services
+
+__all__ = ["Daemon", "Service", "error_reply", "register_service"]
 
 log = logging.getLogger(__name__)
 
 
-class Service(Protocol):
-    """Something that runs beside the replica inside the daemon (for instance the network mesh)."""
-
-    name: str
-
-    async def start(self) -> None:
-        """Start serving; return once running."""
-
-    async def stop(self) -> None:
-        """Stop gracefully."""
-
-    def status(self) -> dict[str, Any]:
-        """A JSON-able view for `agentstate status`."""
-
-
-ServiceFactory = Callable[[Replica, dict[str, Any]], "Service | None"]
 AsyncCommand = Callable[[dict[str, Any]], Any]
-_FACTORIES: list[ServiceFactory] = []
-
-
-def register_service(factory: ServiceFactory) -> None:
-    """Add a service factory; it gets the replica and the serve options, and may decline (None)."""
-    if factory not in _FACTORIES:
-        _FACTORIES.append(factory)
 
 
 def error_reply(exc: BaseException) -> dict[str, Any]:
@@ -100,11 +80,7 @@ class Daemon:
             assert self.replica.datadir is not None
             self._endpoint_path = self.replica.datadir.daemon_file
             Endpoint("127.0.0.1", port, self._control._token, os.getpid()).write(self._endpoint_path)
-            for factory in _FACTORIES:
-                service = factory(self.replica, self.options)
-                if service is not None:
-                    await service.start()
-                    self.services.append(service)
+            self.services = await start_services(self.replica, self.options)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
@@ -119,11 +95,7 @@ class Daemon:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for service in reversed(self.services):
-            try:
-                await service.stop()
-            except Exception:
-                log.exception("stopping %s failed", service.name)
+        await stop_services(self.services)
         self.services.clear()
         if self._control is not None:
             await self._control.stop()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 from transport.wire import encode_varuint
 
@@ -109,13 +110,14 @@ class _Cursor:
 
 
 @dataclass(slots=True)
-class _Block:
-    """One client's run of structs: byte spans and clock lengths, first clock explicit."""
+class _Struct:
+    """One struct of an update: where its bytes are, its clock span, what it depends on."""
 
-    client: int
+    start: int
+    end: int
     clock: int
-    structs: list[tuple[int, int, int]] = field(default_factory=list)
-    """(start offset, end offset, clock length) of each struct in the update bytes."""
+    length: int
+    deps: list[tuple[int, int]]
 
 
 @dataclass(slots=True)
@@ -155,7 +157,7 @@ def _skip_any(cursor: _Cursor, depth: int = 0) -> None:
 
 
 def _skip_content(cursor: _Cursor, ref: int) -> int:
-    """Skip an item's content and return its clock length."""
+    """Skip an item's content and return its clock length (strings count UTF-16 units)."""
     if ref == 1:
         return cursor.varuint()
     if ref == 2:
@@ -193,43 +195,99 @@ def _skip_content(cursor: _Cursor, ref: int) -> int:
     raise UpdateFormatError(f"unknown item content type {ref}")
 
 
-def _skip_struct(cursor: _Cursor) -> int:
-    """Skip one struct (GC, Skip or Item) and return its clock length."""
+def _read_id(cursor: _Cursor) -> tuple[int, int]:
+    """Read an ID: client, then clock."""
+    return cursor.varuint(), cursor.varuint()
+
+
+def _skip_struct(cursor: _Cursor, client: int) -> tuple[int, list[tuple[int, int]]]:
+    """Skip one struct (GC, Skip or Item); return its clock length and its foreign dependencies.
+
+    Dependencies are what Yjs checks before integrating an item: origin, right origin
+    and parent item, when they belong to another client.
+    """
     info = cursor.byte()
     ref = info & _CONTENT_MASK
-    if ref == _GC or ref == _SKIP:
-        return cursor.varuint()
+    if ref in (_GC, _SKIP):
+        return cursor.varuint(), []
+    deps = []
     if info & _ITEM_ORIGIN:
-        cursor.skip_varuints(2)
+        deps.append(_read_id(cursor))
     if info & _ITEM_RIGHT_ORIGIN:
-        cursor.skip_varuints(2)
+        deps.append(_read_id(cursor))
     if not info & (_ITEM_ORIGIN | _ITEM_RIGHT_ORIGIN):
         if cursor.varuint() == 1:
             cursor.skip_var_bytes()
         else:
-            cursor.skip_varuints(2)
+            deps.append(_read_id(cursor))
         if info & _ITEM_PARENT_SUB:
             cursor.skip_var_bytes()
-    return _skip_content(cursor, ref)
+    length = _skip_content(cursor, ref)
+    return length, [dep for dep in deps if dep[0] != client]
 
 
-def _parse_structs(update: bytes) -> tuple[list[_Block], int]:
-    """Every client block of `update` and the offset where its delete set starts."""
+def _parse_structs(update: bytes) -> tuple[dict[int, list[_Struct]], int]:
+    """Structs of `update` per client, in clock order, and the offset of its delete set."""
     cursor = _Cursor(update)
-    blocks = []
+    clients: dict[int, list[_Struct]] = {}
     for _ in range(cursor.varuint()):
         struct_count = cursor.varuint()
-        block = _Block(client=cursor.varuint(), clock=cursor.varuint())
+        client = cursor.varuint()
+        clock = cursor.varuint()
+        structs = clients.setdefault(client, [])
+        if structs and structs[-1].clock + structs[-1].length > clock:
+            raise UpdateFormatError(f"client {client} has overlapping blocks")
         for _ in range(struct_count):
             start = cursor.pos
-            length = _skip_struct(cursor)
-            block.structs.append((start, cursor.pos, length))
-        blocks.append(block)
-    return blocks, cursor.pos
+            length, deps = _skip_struct(cursor, client)
+            structs.append(_Struct(start, cursor.pos, clock, length, deps))
+            clock += length
+    return clients, cursor.pos
+
+
+def _causal_order(clients: dict[int, list[_Struct]]) -> list[tuple[int, _Struct]]:
+    """Every struct, each after the structs of the same update it depends on.
+
+    Then each piece integrates completely on arrival instead of leaving structs pending
+    (yrs 0.28 can panic when an update arrives while structs are pending). Dependencies
+    outside the update are taken as present at the receiver; structs whose dependencies
+    never come keep their original order, at the end.
+    """
+    first = {client: structs[0].clock for client, structs in clients.items() if structs}
+    emitted = dict(first)
+    heads = dict.fromkeys(clients, 0)
+    waiting: dict[int, list[int]] = {}
+    ready = deque(sorted(clients))
+    order: list[tuple[int, _Struct]] = []
+    while ready:
+        client = ready.popleft()
+        structs, progressed = clients[client], False
+        while heads[client] < len(structs):
+            struct = structs[heads[client]]
+            blocker = next(
+                (
+                    dep_client
+                    for dep_client, dep_clock in struct.deps
+                    if dep_client in first and first[dep_client] <= dep_clock >= emitted[dep_client]
+                ),
+                None,
+            )
+            if blocker is not None:
+                waiting.setdefault(blocker, []).append(client)
+                break
+            order.append((client, struct))
+            emitted[client] = struct.clock + struct.length
+            heads[client] += 1
+            progressed = True
+        if progressed:
+            ready.extend(waiting.pop(client, []))
+    for client, structs in clients.items():
+        order.extend((client, struct) for struct in structs[heads[client] :])
+    return order
 
 
 def _parse_delete_set(update: bytes, offset: int) -> list[_DeleteEntry]:
-    """The delete set of `update` starting at `offset`, one entry per client, as raw ranges."""
+    """The delete set of `update` starting at `offset`, one entry per client, ranges raw."""
     cursor = _Cursor(update, offset)
     entries = []
     for _ in range(cursor.varuint()):
@@ -251,94 +309,85 @@ def _encode_delete_set(entries: list[_DeleteEntry]) -> bytes:
     return b"".join(parts)
 
 
+_BLOCK_HEADER_MAX = 24
+"""Upper bound of a block header: struct count, client id and clock, as varuints."""
+
+_UPDATE_OVERHEAD_MAX = 8
+"""Upper bound of the block count varuint plus an empty delete set."""
+
+
 class _ChunkBuilder:
-    """Accumulates client blocks into updates that stay under a byte limit."""
+    """Packs structs (in causal order) and delete ranges into updates under a byte limit."""
 
     def __init__(self, update: bytes, limit: int) -> None:
         self.update = update
         self.limit = limit
         self.chunks: list[bytes] = []
-        self.blocks: list[tuple[int, int, list[bytes]]] = []
-        self.size = 0
-
-    def _header(self, client: int, clock: int, count: int) -> int:
-        return len(encode_varuint(count)) + len(encode_varuint(client)) + len(encode_varuint(clock))
+        self.blocks: dict[int, tuple[int, list[bytes]]] = {}
+        self.size = _UPDATE_OVERHEAD_MAX
 
     def _encoded(self) -> bytes:
+        """The pending blocks as the struct part of an update."""
         parts = [encode_varuint(len(self.blocks))]
-        for client, clock, structs in self.blocks:
+        for client, (clock, structs) in self.blocks.items():
             parts += [encode_varuint(len(structs)), encode_varuint(client), encode_varuint(clock)]
             parts += structs
         return b"".join(parts)
-
-    def _overhead(self) -> int:
-        """Bytes of the update framing around the blocks, with an empty delete set."""
-        return len(encode_varuint(len(self.blocks) + 1)) + 1
 
     def flush(self) -> None:
         """Close the chunk being built (if any) with an empty delete set."""
         if self.blocks:
             self.chunks.append(self._encoded() + b"\x00")
-            self.blocks, self.size = [], 0
+            self.blocks, self.size = {}, _UPDATE_OVERHEAD_MAX
 
-    def add_block(self, block: _Block) -> None:
-        """Append `block`'s structs, starting new chunks (and sub-blocks) as the limit requires."""
-        clock = block.clock
-        current: list[bytes] | None = None
-        for start, end, length in block.structs:
-            struct = self.update[start:end]
-            header = self._header(block.client, clock, 2**32)
-            if current is not None and self.size + len(struct) + self._overhead() <= self.limit:
-                current.append(struct)
-                self.size += len(struct)
-            else:
-                if self.size + header + len(struct) + self._overhead() > self.limit:
-                    self.flush()
-                if header + len(struct) + self._overhead() > self.limit:
-                    raise UpdateTooLargeError(
-                        f"a struct of {len(struct)} bytes cannot fit in {self.limit} bytes"
-                    )
-                current = [struct]
-                self.blocks.append((block.client, clock, current))
-                self.size += header + len(struct)
-            clock += length
+    def add_struct(self, client: int, struct: _Struct) -> None:
+        """Append one struct, starting a new chunk when it would not fit."""
+        data = self.update[struct.start : struct.end]
+        if _BLOCK_HEADER_MAX + len(data) + _UPDATE_OVERHEAD_MAX > self.limit:
+            raise UpdateTooLargeError(f"a struct of {len(data)} bytes cannot fit in {self.limit} bytes")
+        cost = len(data) + (0 if client in self.blocks else _BLOCK_HEADER_MAX)
+        if self.size + cost > self.limit:
+            self.flush()
+            cost = len(data) + _BLOCK_HEADER_MAX
+        block = self.blocks.get(client)
+        if block is None:
+            self.blocks[client] = (struct.clock, [data])
+        else:
+            block[1].append(data)
+        self.size += cost
 
     def add_delete_set(self, entries: list[_DeleteEntry]) -> None:
         """Append the delete set: to the last chunk if it fits, else in delete-only chunks."""
+        capacity = self.limit - 16
+        groups: list[list[_DeleteEntry]] = []
         pending: list[_DeleteEntry] = []
         pending_size = 0
-        groups: list[list[_DeleteEntry]] = []
         for entry in entries:
             for piece in self._cut_entry(entry):
-                piece_size = 24 + len(piece.ranges)
-                if pending and pending_size + piece_size > self.limit - 16:
+                piece_size = _BLOCK_HEADER_MAX + len(piece.ranges)
+                if pending and pending_size + piece_size > capacity:
                     groups.append(pending)
                     pending, pending_size = [], 0
                 pending.append(piece)
                 pending_size += piece_size
         if pending:
             groups.append(pending)
-        if not groups:
-            self.flush()
-            return
-        if self.blocks:
-            body = self._encoded()
-            first = _encode_delete_set(groups[0])
+        if self.blocks and groups:
+            body, first = self._encoded(), _encode_delete_set(groups[0])
             if len(body) + len(first) <= self.limit:
                 self.chunks.append(body + first)
-                self.blocks, self.size = [], 0
+                self.blocks, self.size = {}, _UPDATE_OVERHEAD_MAX
                 groups = groups[1:]
-            else:
-                self.flush()
+        self.flush()
         for group in groups:
             self.chunks.append(b"\x00" + _encode_delete_set(group))
 
     def _cut_entry(self, entry: _DeleteEntry) -> list[_DeleteEntry]:
         """Cut one client's ranges into pieces that each fit in a chunk."""
-        budget = self.limit - 40
+        budget = self.limit - 16 - _BLOCK_HEADER_MAX
         if len(entry.ranges) <= budget:
             return [entry]
-        if budget < 2 * 8:
+        if budget < 16:
             raise UpdateTooLargeError(f"a delete range cannot fit in {self.limit} bytes")
         cursor = _Cursor(entry.ranges)
         pieces, start, count = [], 0, 0
@@ -361,11 +410,11 @@ def split_update(update: bytes, limit: int) -> list[bytes]:
     """
     if len(update) <= limit:
         return [update]
-    blocks, delete_offset = _parse_structs(update)
+    clients, delete_offset = _parse_structs(update)
     entries = _parse_delete_set(update, delete_offset)
     builder = _ChunkBuilder(update, limit)
-    for block in blocks:
-        builder.add_block(block)
+    for client, struct in _causal_order(clients):
+        builder.add_struct(client, struct)
     builder.add_delete_set(entries)
     return builder.chunks
 
@@ -385,7 +434,7 @@ def state_digest(state_vector: bytes, delete_set_update: bytes) -> bytes:
         clocks.append((vector.varuint(), vector.varuint()))
     if vector.pos != len(state_vector):
         raise UpdateFormatError("trailing bytes after the state vector")
-    blocks, delete_offset = _parse_structs(delete_set_update)
+    _, delete_offset = _parse_structs(delete_set_update)
     entries = _parse_delete_set(delete_set_update, delete_offset)
     digest = hashlib.sha256(_DIGEST_DOMAIN)
     digest.update(encode_varuint(len(clocks)))
