@@ -248,17 +248,24 @@ class Replica:
             log_.sync(lsn)
 
     @contextmanager
-    def transaction(self) -> Iterator[Replica]:
+    def transaction(self, *, wait: bool = True) -> Iterator[Replica]:
         """Group writes into one update, one log record and (unless LAZY) one fsync.
 
         The block is one Doc transaction: atomic on recovery, and durable when it returns
         in PARANOID and BALANCED modes (concurrent transactions share one fsync). Each
         write is validated before it touches the Doc; a Doc transaction cannot be rolled
-        back, so writes made before an exception in the block stay applied.
+        back, so writes made before an exception in the block stay applied. With
+        `wait=False` it returns before the fsync: call `wait_durable(replica.last_lsn)`
+        later, for instance after releasing a lock, so that other committers share it.
         """
-        scope = _WriteScope(self, None, transaction=True)
+        scope = _WriteScope(self, None, transaction=wait)
         with scope:
             yield self
+
+    def wait_durable(self, lsn: int | None = None) -> None:
+        """Block until records up to `lsn` are fsynced, unless the mode is LAZY (no-op in memory)."""
+        if self._log is not None and self._log.durability is not Durability.LAZY:
+            self._log.sync(lsn)
 
     def flush(self) -> None:
         """Block until everything written so far is on disk (any mode)."""
