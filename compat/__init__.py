@@ -14,6 +14,7 @@ from compat.config import DurabilityMode as DurabilityMode
 from compat.config import GoTConfig as GoTConfig
 from compat.conflict import ConflictResolver as ConflictResolver
 from compat.conflict import ConflictStrategy as ConflictStrategy
+from compat.conflict import RecordedConflict as RecordedConflict
 from compat.conflict import SyncConflict as SyncConflict
 from compat.errors import ConflictError as ConflictError
 from compat.errors import CorruptionError as CorruptionError
@@ -23,6 +24,10 @@ from compat.errors import SyncError as SyncError
 from compat.errors import TransactionError as TransactionError
 from compat.errors import ValidationError as ValidationError
 from compat.locking import ProcessLock as ProcessLock
+from compat.recovery import RecoveryManager as RecoveryManager
+from compat.recovery import RecoveryResult as RecoveryResult
+from compat.recovery import RepairResult as RepairResult
+from compat.sharing import DirectoryLockedError as DirectoryLockedError
 from compat.transaction import Transaction as Transaction
 from compat.transaction import TransactionState as TransactionState
 from compat.transaction import generate_transaction_id as generate_transaction_id
@@ -33,6 +38,10 @@ from compat.types import Epic as Epic
 from compat.types import Handoff as Handoff
 from compat.types import Sprint as Sprint
 from compat.types import Task as Task
+from compat.tx_manager import CommitResult as CommitResult
+from compat.tx_manager import Conflict as Conflict
+from compat.tx_manager import TransactionManager as TransactionManager
+from compat.versioned_store import VersionedStore as VersionedStore
 from compat.wal import WALManager as WALManager
 
 __all__ = sorted(

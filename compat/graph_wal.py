@@ -296,6 +296,87 @@ class _DirLock:
         self._thread_lock.release()
 
 
+def _save(graph: Any, method: str, item: Any) -> None:
+    """Let a graph that stores its state elsewhere (a replica-backed ThoughtGraph) persist an in-place change."""
+    save = getattr(graph, method, None)
+    if callable(save):
+        save(item)
+
+
+def apply_graph_entry(entry: GraphWALEntry, graph: Any) -> None:
+    """Apply one entry to a ThoughtGraph-like ``graph`` idempotently; a bad checksum raises ValueError."""
+    if not entry.verify():
+        raise ValueError(f"Entry checksum verification failed: {entry.operation}")
+    op, payload = entry.operation, entry.payload
+    if op == "add_node":
+        if entry.node_id not in graph.nodes:
+            graph.add_node(
+                entry.node_id,
+                NodeType(entry.node_type),
+                payload.get("content", ""),
+                payload.get("properties", {}),
+                payload.get("metadata", {}),
+            )
+    elif op == "remove_node":
+        if entry.node_id in graph.nodes:
+            graph.remove_node(entry.node_id)
+    elif op == "update_node":
+        node = graph.nodes.get(entry.node_id)
+        if node is not None:
+            updates = payload.get("updates", {})
+            if "content" in updates:
+                node.content = updates["content"]
+            if "properties" in updates:
+                node.properties.update(updates["properties"])
+            if "metadata" in updates:
+                node.metadata.update(updates["metadata"])
+            _save(graph, "save_node", node)
+    elif op == "add_edge":
+        _apply_add_edge(entry, graph)
+    elif op == "remove_edge":
+        graph.remove_edge(entry.source_id, entry.target_id, EdgeType(entry.edge_type))
+    elif op == "add_cluster":
+        if entry.cluster_id not in graph.clusters:
+            cluster = graph.add_cluster(entry.cluster_id, payload.get("name", ""), set(payload.get("node_ids", [])))
+            cluster.properties.update(payload.get("properties", {}))
+            _save(graph, "save_cluster", cluster)
+    elif op == "merge_nodes":
+        _apply_merge(entry, graph)
+
+
+def _apply_add_edge(entry: GraphWALEntry, graph: Any) -> None:
+    if entry.source_id not in graph.nodes or entry.target_id not in graph.nodes:
+        return
+    edge_type = EdgeType(entry.edge_type)
+    if any(e.target_id == entry.target_id and e.edge_type == edge_type for e in graph.get_edges_from(entry.source_id)):
+        return
+    graph.add_edge(
+        entry.source_id,
+        entry.target_id,
+        edge_type,
+        entry.payload.get("weight", 1.0),
+        entry.payload.get("confidence", 1.0),
+        entry.payload.get("bidirectional", False),
+    )
+
+
+def _apply_merge(entry: GraphWALEntry, graph: Any) -> None:
+    """Merge the sources pairwise into ``node_id``, only when there are two or more and all exist."""
+    sources: List[str] = list(entry.payload.get("source_ids", []))
+    target = entry.node_id
+    if not target or len(sources) < 2 or not all(node_id in graph.nodes for node_id in sources):
+        return
+    current = sources[0]
+    for source in sources[1:]:
+        if source == current:
+            continue
+        try:
+            graph.merge_nodes(current, source, target)
+        except ValueError:
+            continue
+        current = target
+
+
 class GraphWAL:
     """Durable log of graph operations with replay, snapshots and compaction.
 
@@ -422,76 +503,7 @@ class GraphWAL:
 
     def apply_entry(self, entry: GraphWALEntry, graph: Any) -> None:
         """Apply one entry to a ThoughtGraph-like ``graph`` idempotently; a bad checksum raises ValueError."""
-        if not entry.verify():
-            raise ValueError(f"Entry checksum verification failed: {entry.operation}")
-        op, payload = entry.operation, entry.payload
-        if op == "add_node":
-            if entry.node_id not in graph.nodes:
-                graph.add_node(
-                    entry.node_id,
-                    NodeType(entry.node_type),
-                    payload.get("content", ""),
-                    payload.get("properties", {}),
-                    payload.get("metadata", {}),
-                )
-        elif op == "remove_node":
-            if entry.node_id in graph.nodes:
-                graph.remove_node(entry.node_id)
-        elif op == "update_node":
-            node = graph.nodes.get(entry.node_id)
-            if node is not None:
-                updates = payload.get("updates", {})
-                if "content" in updates:
-                    node.content = updates["content"]
-                if "properties" in updates:
-                    node.properties.update(updates["properties"])
-                if "metadata" in updates:
-                    node.metadata.update(updates["metadata"])
-        elif op == "add_edge":
-            self._apply_add_edge(entry, graph)
-        elif op == "remove_edge":
-            graph.remove_edge(entry.source_id, entry.target_id, EdgeType(entry.edge_type))
-        elif op == "add_cluster":
-            if entry.cluster_id not in graph.clusters:
-                cluster = graph.add_cluster(entry.cluster_id, payload.get("name", ""), set(payload.get("node_ids", [])))
-                cluster.properties.update(payload.get("properties", {}))
-        elif op == "merge_nodes":
-            self._apply_merge(entry, graph)
-
-    @staticmethod
-    def _apply_add_edge(entry: GraphWALEntry, graph: Any) -> None:
-        if entry.source_id not in graph.nodes or entry.target_id not in graph.nodes:
-            return
-        edge_type = EdgeType(entry.edge_type)
-        if any(
-            e.target_id == entry.target_id and e.edge_type == edge_type for e in graph.get_edges_from(entry.source_id)
-        ):
-            return
-        graph.add_edge(
-            entry.source_id,
-            entry.target_id,
-            edge_type,
-            entry.payload.get("weight", 1.0),
-            entry.payload.get("confidence", 1.0),
-            entry.payload.get("bidirectional", False),
-        )
-
-    @staticmethod
-    def _apply_merge(entry: GraphWALEntry, graph: Any) -> None:
-        """Merge the sources pairwise into ``node_id``, only when there are two or more and all exist."""
-        sources: List[str] = list(entry.payload.get("source_ids", []))
-        target = entry.node_id
-        if not target or len(sources) < 2 or not all(node_id in graph.nodes for node_id in sources):
-            return
-        current = sources[0]
-        for source in sources[1:]:
-            if source == current:
-                continue
-            try:
-                graph.merge_nodes(current, source, target)
-            except ValueError:
-                continue
-            current = target
+        apply_graph_entry(entry, graph)
 
     # ------------------------------------------------------------- snapshots
 
@@ -658,4 +670,4 @@ class GraphWAL:
         return graph
 
 
-__all__ = ["NodeType", "EdgeType", "GraphWALEntry", "GraphWAL", "WALEntry", "WALIndex"]
+__all__ = ["NodeType", "EdgeType", "GraphWALEntry", "GraphWAL", "WALEntry", "WALIndex", "apply_graph_entry"]

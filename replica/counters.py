@@ -1,12 +1,13 @@
 """PN-counters: exact integer counters that any number of replicas can change concurrently.
 
-Each slot is one entry of the counters root map, keyed `<name>|<client id>.p` (increments)
-or `<name>|<client id>.n` (decrements). A slot belongs to one writer incarnation (the
-Doc's client id, fresh at every start), so no two concurrent writes ever target one slot,
-not even after a crash lost the log's tail. Slots live directly in the root map, never in
-a per-counter nested map: two replicas creating the same counter concurrently would each
-create their own nested map under one key, and Yjs keeps only one of them, losing the
-other's increments. The value is the sum of increments minus the sum of decrements.
+Layout (docs/schema.md): each slot is one entry of the counters root map, keyed
+`<name>|<owner>` where owner is the writer's Yjs client id, holding a plain object
+`{"p": increments, "n": decrements}`. A slot belongs to one writer incarnation (client
+ids are fresh at every start), so no two concurrent writes ever target one key, not even
+after a crash lost the log's tail. Slots live directly in the root map, never in a
+per-counter nested map: two replicas creating one counter concurrently would each create
+their own nested map under the same key, Yjs would keep only one, and the other's
+increments would be lost. The value is the sum of `p - n` over the counter's slots.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SLOT_SEPARATOR = "|"
 
 
 def slot_value(raw: Any) -> int | None:
-    """A slot's value: a non-negative integer, stored as a number or, past 2**53, a decimal string."""
+    """A slot amount: a non-negative integer, stored as a number or, past 2**53, a decimal string."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, float) and raw.is_integer() and 0 <= raw <= MAX_SAFE_INT:
@@ -41,24 +42,34 @@ def slot_value(raw: Any) -> int | None:
 
 
 def store_value(value: int) -> float | str:
-    """What a slot holds: a number while exact in a double, a decimal string beyond."""
+    """What a slot amount holds: a number while exact in a double, a decimal string beyond."""
     return float(value) if value <= MAX_SAFE_INT else str(value)
 
 
-def slot_key(name: str, client_id: int, sign: str) -> str:
-    """The root-map key of one writer's increment (`p`) or decrement (`n`) slot of a counter."""
-    return f"{name}{SLOT_SEPARATOR}{client_id}.{sign}"
+def slot_key(name: str, client_id: int) -> str:
+    """The root-map key of one writer's slot of a counter."""
+    return f"{name}{SLOT_SEPARATOR}{client_id}"
 
 
-def split_slot_key(key: str) -> tuple[str, int] | None:
-    """(counter name, +1 or -1) of a slot key, or None if a peer wrote a malformed key."""
-    name, sep, slot = key.rpartition(SLOT_SEPARATOR)
-    if not sep or not name or SLOT_SEPARATOR in name:
+def counter_name(key: str) -> str | None:
+    """The counter a slot key belongs to, or None if a peer wrote a malformed key."""
+    name, sep, owner = key.partition(SLOT_SEPARATOR)
+    if not sep or not name or not owner.isdigit():
         return None
-    client, dot, sign = slot.partition(".")
-    if not dot or not client.isdigit() or sign not in ("p", "n"):
+    return name
+
+
+def slot_amounts(raw: Any) -> tuple[int, int] | None:
+    """(increments, decrements) of a slot object, or None if it is not one."""
+    if isinstance(raw, Map):
+        raw = raw.to_py()
+    if not isinstance(raw, dict):
         return None
-    return name, (1 if sign == "p" else -1)
+    p = slot_value(raw.get("p", 0.0))
+    n = slot_value(raw.get("n", 0.0))
+    if p is None or n is None:
+        return None
+    return p, n
 
 
 def _amount(by: Any) -> int:
@@ -74,7 +85,7 @@ class Counters:
         self._replica = replica
         self._root = replica.doc.get(COUNTERS, type=Map)
         self._by_name: dict[str, set[str]] | None = None
-        self._root.observe(self._on_change)
+        self._subscription = self._root.observe(self._on_change)
 
     def _on_change(self, event: Any) -> None:
         """Keep the name -> slot keys index current, key by key, after every transaction."""
@@ -82,14 +93,14 @@ class Counters:
         if index is None:
             return
         for key, change in event.keys.items():
-            parts = split_slot_key(key)
-            if parts is None:
+            name = counter_name(key)
+            if name is None:
                 continue
-            keys = index.setdefault(parts[0], set())
+            keys = index.setdefault(name, set())
             if change["action"] == "delete":
                 keys.discard(key)
                 if not keys:
-                    del index[parts[0]]
+                    del index[name]
             else:
                 keys.add(key)
 
@@ -98,42 +109,41 @@ class Counters:
         if self._by_name is None:
             index: dict[str, set[str]] = {}
             for key in self._root.keys():
-                parts = split_slot_key(key)
-                if parts is not None:
-                    index.setdefault(parts[0], set()).add(key)
+                name = counter_name(key)
+                if name is not None:
+                    index.setdefault(name, set()).add(key)
             self._by_name = index
         return self._by_name
 
-    def _slot_keys(self, name: str) -> set[str]:
-        """Every slot key of `name`, including this writer's own, possibly written in the open transaction."""
-        client = self._replica.doc.client_id
-        return self._index().get(name, set()) | {slot_key(name, client, "p"), slot_key(name, client, "n")}
-
     def _total(self, name: str) -> tuple[int, list[str], bool]:
         """(value, problems, exists) of a counter; junk slots count as nothing and are reported."""
+        keys = self._index().get(name, set()) | {slot_key(name, self._replica.doc.client_id)}
         total = 0
         bad: list[str] = []
         exists = False
-        for key in self._slot_keys(name):
+        for key in sorted(keys):
             if key not in self._root:
-                continue
+                continue  # our own slot, not written yet
             exists = True
             raw = self._root[key]
-            value = slot_value(raw)
-            if value is None:
-                bad.append(f"slot {key}: {raw!r} is not a non-negative integer")
+            amounts = slot_amounts(raw)
+            if amounts is None:
+                bad.append(f"slot {key}: {raw!r} is not {{p, n}} with non-negative integers")
                 continue
-            sign = split_slot_key(key)[1]  # type: ignore[index]
-            total += sign * value
+            total += amounts[0] - amounts[1]
         return total, bad, exists
 
-    def _add(self, name: str, sign: str, by: int) -> int:
+    def _add(self, name: str, field: str, by: int) -> int:
         check_id("counter", name, "name")
         amount = _amount(by)
         with self._replica._write():
-            key = slot_key(name, self._replica.doc.client_id, sign)
-            current = slot_value(self._root.get(key, 0.0)) or 0
-            self._root[key] = store_value(current + amount)
+            key = slot_key(name, self._replica.doc.client_id)
+            p, n = slot_amounts(self._root.get(key)) or (0, 0)
+            if field == "p":
+                p += amount
+            else:
+                n += amount
+            self._root[key] = {"p": store_value(p), "n": store_value(n)}
             return self._total(name)[0]
 
     def incr(self, name: str, by: int = 1) -> int:
@@ -171,9 +181,8 @@ class Counters:
                 if problems:
                     bad.append(InvalidRecord(kind="counter", id=name, problems=problems))
             for key in self._root.keys():
-                if split_slot_key(key) is None:
-                    bad.append(InvalidRecord(kind="counter", id=key,
-                                             problems=["key is not <name>|<client id>.p or .n"]))
+                if counter_name(key) is None:
+                    bad.append(InvalidRecord(kind="counter", id=key, problems=["key is not <name>|<client id>"]))
         return bad
 
     def translate(self, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
@@ -183,12 +192,12 @@ class Counters:
             if list(event.path):
                 continue
             for key, change in event.keys.items():
-                parts = split_slot_key(key)
-                if parts is None:
+                name = counter_name(key)
+                if name is None:
                     continue
-                old = slot_value(change.get("oldValue", 0.0)) or 0
-                new = slot_value(change.get("newValue", 0.0)) or 0
-                deltas[parts[0]] = deltas.get(parts[0], 0) + parts[1] * (new - old)
+                old = slot_amounts(change.get("oldValue")) or (0, 0)
+                new = slot_amounts(change.get("newValue")) or (0, 0)
+                deltas[name] = deltas.get(name, 0) + (new[0] - new[1]) - (old[0] - old[1])
         out: list[ChangeEvent] = []
         for name, delta in deltas.items():
             value = self.value(name)

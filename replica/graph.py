@@ -7,6 +7,7 @@ while an edge whose node simply has not arrived yet is kept and reported as dang
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -235,6 +236,8 @@ class Graph:
         check_id("edge", target, "target")
         edge_type = validate_field(Edge, "edge", "type", type)
         w = validate_field(Edge, "edge", "weight", weight)
+        if not math.isfinite(w):
+            raise FieldError("edge", "weight", f"must be a finite number; got {weight!r}")
         props = check_properties("edge", properties or {})
         key = edge_key(source, edge_type, target)
         with self._replica._write():

@@ -226,13 +226,14 @@ class Records:
                     del entry[key]
             return self._record(record_id, changed, data, base, resolves, version)
 
-    def delete(self, record_id: str, *, base: Clock | None = None) -> WriteRecord:
-        """Delete a record, keeping its history."""
+    def delete(self, record_id: str, *, base: Clock | None = None, resolves: Iterable[str] = (),
+               version: int | None = None) -> WriteRecord:
+        """Delete a record, keeping its history (`resolves` and `version` as for `put`)."""
         with self._replica._write():
             if record_id not in self._root:
                 raise NotFoundError(self.name, record_id)
             del self._root[record_id]
-            return self._record(record_id, {}, None, base, (), None)
+            return self._record(record_id, {}, None, base, resolves, version)
 
     def _record(self, record_id: str, fields: dict[str, Any], data: dict[str, Any] | None,
                 base: Clock | None, resolves: Iterable[str], version: int | None) -> WriteRecord:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Map
@@ -45,10 +45,12 @@ def _scalar(field: str, value: Any) -> Any:
 
 
 def _id_set(field: str, values: Iterable[str]) -> list[str]:
-    if not values:
-        return []
     if isinstance(values, str):
         raise FieldError("task", field, "must be a list of strings, not a single string")
+    if values is not None and (isinstance(values, (bytes, Mapping)) or not isinstance(values, Iterable)):
+        raise FieldError("task", field, f"must be a list of strings; got {type(values).__name__}")
+    if not values:
+        return []
     checked = validate_field(Task, "task", field, tuple(values))
     return list(checked)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from transport.wire import encode_varuint
@@ -55,7 +56,11 @@ class _Cursor:
 
     def varuint(self) -> int:
         """Read one varuint (lenient about size: only boundaries matter here)."""
-        data, pos, value, shift = self.data, self.pos, 0, 0
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:
+            self.pos = pos + 1
+            return data[pos]
+        value, shift = 0, 0
         while True:
             if pos >= len(data):
                 raise UpdateFormatError("update is truncated")
@@ -106,18 +111,27 @@ class _Cursor:
 
     def skip_var_bytes(self) -> None:
         """Skip a varUint8Array or varString."""
-        self.skip(self.varuint())
+        length = self.varuint()
+        if length > len(self.data) - self.pos:
+            raise UpdateFormatError("update is truncated")
+        self.pos += length
 
 
 @dataclass(slots=True)
 class _Struct:
-    """One struct of an update: where its bytes are, its clock span, what it depends on."""
+    """One struct of an update (or a struct and the empty ones after it): bytes, clocks, dependencies."""
 
     start: int
     end: int
     clock: int
     length: int
     deps: list[tuple[int, int]]
+    hole: bool = False
+    """A Skip struct: clocks the update does not carry."""
+    count: int = 1
+    """Structs in the span: yrs can encode a string item cut inside a surrogate pair as an
+    empty string (clock length 0); such a struct stays glued to the one before it, since a
+    piece starting with it would repeat a clock (and make yrs panic)."""
 
 
 @dataclass(slots=True)
@@ -200,8 +214,9 @@ def _read_id(cursor: _Cursor) -> tuple[int, int]:
     return cursor.varuint(), cursor.varuint()
 
 
-def _skip_struct(cursor: _Cursor, client: int) -> tuple[int, list[tuple[int, int]]]:
-    """Skip one struct (GC, Skip or Item); return its clock length and its foreign dependencies.
+def _skip_struct(cursor: _Cursor, client: int) -> tuple[int, list[tuple[int, int]], bool]:
+    """Skip one struct (GC, Skip or Item); return its clock length, foreign dependencies, and
+    whether it is a Skip (a hole in a merged update).
 
     Dependencies are what Yjs checks before integrating an item: origin, right origin
     and parent item, when they belong to another client.
@@ -209,7 +224,7 @@ def _skip_struct(cursor: _Cursor, client: int) -> tuple[int, list[tuple[int, int
     info = cursor.byte()
     ref = info & _CONTENT_MASK
     if ref in (_GC, _SKIP):
-        return cursor.varuint(), []
+        return cursor.varuint(), [], ref == _SKIP
     deps = []
     if info & _ITEM_ORIGIN:
         deps.append(_read_id(cursor))
@@ -223,7 +238,7 @@ def _skip_struct(cursor: _Cursor, client: int) -> tuple[int, list[tuple[int, int
         if info & _ITEM_PARENT_SUB:
             cursor.skip_var_bytes()
     length = _skip_content(cursor, ref)
-    return length, [dep for dep in deps if dep[0] != client]
+    return length, [dep for dep in deps if dep[0] != client], False
 
 
 def _parse_structs(update: bytes) -> tuple[dict[int, list[_Struct]], int]:
@@ -237,10 +252,16 @@ def _parse_structs(update: bytes) -> tuple[dict[int, list[_Struct]], int]:
         structs = clients.setdefault(client, [])
         if structs and structs[-1].clock + structs[-1].length > clock:
             raise UpdateFormatError(f"client {client} has overlapping blocks")
+        first = len(structs)
         for _ in range(struct_count):
             start = cursor.pos
-            length, deps = _skip_struct(cursor, client)
-            structs.append(_Struct(start, cursor.pos, clock, length, deps))
+            length, deps, hole = _skip_struct(cursor, client)
+            if length == 0 and len(structs) > first:
+                glued = structs[-1]
+                glued.end, glued.count = cursor.pos, glued.count + 1
+                glued.deps.extend(deps)
+                continue
+            structs.append(_Struct(start, cursor.pos, clock, length, deps, hole=hole))
             clock += length
     return clients, cursor.pos
 
@@ -323,14 +344,14 @@ class _ChunkBuilder:
         self.update = update
         self.limit = limit
         self.chunks: list[bytes] = []
-        self.blocks: dict[int, tuple[int, list[bytes]]] = {}
+        self.blocks: dict[int, tuple[int, list[bytes], list[int]]] = {}
         self.size = _UPDATE_OVERHEAD_MAX
 
     def _encoded(self) -> bytes:
         """The pending blocks as the struct part of an update."""
         parts = [encode_varuint(len(self.blocks))]
-        for client, (clock, structs) in self.blocks.items():
-            parts += [encode_varuint(len(structs)), encode_varuint(client), encode_varuint(clock)]
+        for client, (clock, structs, counts) in self.blocks.items():
+            parts += [encode_varuint(sum(counts)), encode_varuint(client), encode_varuint(clock)]
             parts += structs
         return b"".join(parts)
 
@@ -351,9 +372,10 @@ class _ChunkBuilder:
             cost = len(data) + _BLOCK_HEADER_MAX
         block = self.blocks.get(client)
         if block is None:
-            self.blocks[client] = (struct.clock, [data])
+            self.blocks[client] = (struct.clock, [data], [struct.count])
         else:
             block[1].append(data)
+            block[2].append(struct.count)
         self.size += cost
 
     def add_delete_set(self, entries: list[_DeleteEntry]) -> None:
@@ -417,6 +439,59 @@ def split_update(update: bytes, limit: int) -> list[bytes]:
         builder.add_struct(client, struct)
     builder.add_delete_set(entries)
     return builder.chunks
+
+
+def integrable_part(update: bytes, state_vector: Mapping[int, int]) -> tuple[bytes, str | None]:
+    """The part of `update` that integrates completely into a Doc at `state_vector`, and why
+    the rest does not (None when it all does, and then `update` itself is returned).
+
+    Whatever does not integrate at once would stay *pending* in the Doc: yrs 0.28 handles
+    pending structs badly (it can panic, or never integrate them), and pending structs
+    or deletions naming clocks a client has not written yet would later hit that client's
+    own writes. So the caller applies only the returned part and asks the peer for the
+    rest with a fresh step 1. Structs are taken in causal order: per client, what is
+    kept is a prefix. A deletion range is kept only if every clock in it is known.
+    """
+    clients, delete_offset = _parse_structs(update)
+    known = dict(state_vector)
+    kept: dict[int, list[_Struct]] = {}
+    blocked: dict[int, str] = {}
+    for client, struct in _causal_order(clients):
+        if struct.hole or client in blocked:
+            continue
+        problem = None
+        if struct.clock > known.get(client, 0):
+            problem = f"client {client} resumes at clock {struct.clock}, we hold {known.get(client, 0)}"
+        else:
+            for dep_client, dep_clock in struct.deps:
+                if dep_clock >= known.get(dep_client, 0):
+                    problem = f"a struct of client {client} needs client {dep_client} clock {dep_clock}, which we lack"
+                    break
+        if problem is not None:
+            blocked[client] = problem
+            continue
+        kept.setdefault(client, []).append(struct)
+        known[client] = max(known.get(client, 0), struct.clock + struct.length)
+    entries, dropped = [], 0
+    for entry in _parse_delete_set(update, delete_offset):
+        cursor, ranges = _Cursor(entry.ranges), []
+        for _ in range(entry.range_count):
+            clock, length = cursor.varuint(), cursor.varuint()
+            if clock + length <= known.get(entry.client, 0):
+                ranges.append(encode_varuint(clock) + encode_varuint(length))
+            else:
+                dropped += 1
+        if ranges:
+            entries.append(_DeleteEntry(entry.client, len(ranges), b"".join(ranges)))
+    if not blocked and not dropped:
+        return update, None
+    parts = [encode_varuint(len(kept))]
+    for client, structs in kept.items():
+        parts += [encode_varuint(sum(item.count for item in structs)), encode_varuint(client),
+                  encode_varuint(structs[0].clock)]
+        parts += [update[item.start : item.end] for item in structs]
+    reason = next(iter(blocked.values()), None) or f"{dropped} deletion range(s) name clocks we lack"
+    return b"".join(parts) + _encode_delete_set(entries), reason
 
 
 def state_digest(state_vector: bytes, delete_set_update: bytes) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,13 @@ ROOTS: tuple[tuple[str, type], ...] = (
     (TASKS, Map), (NODES, Map), (EDGES, Map), (REMOVED_NODES, Map),
     (COUNTERS, Map), (LESSONS, Array), (META, Map),
 )
+
+
+def memory_replica(client_id: int, replica_id: str) -> Replica:
+    """An in-memory replica with a chosen Yjs client id, so that concurrent-write tie-breaks are reproducible."""
+    replica = Replica(Doc(client_id=client_id), replica_id)
+    replica._init_meta()
+    return replica
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.002) -> bool:
@@ -98,8 +105,3 @@ def flip_byte(path: Path, offset: int) -> None:
         value = fh.read(1)[0]
         fh.seek(offset)
         fh.write(bytes([value ^ 0xFF]))
-
-
-def all_in(expected: Iterable[str], present: set[str]) -> list[str]:
-    """The members of `expected` missing from `present` (empty when all are there)."""
-    return [x for x in expected if x not in present]

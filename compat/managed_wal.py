@@ -1,0 +1,335 @@
+"""The transaction WAL of a got directory whose replica this process holds.
+
+:class:`ManagedWAL` is the ``wal`` of :class:`~compat.tx_manager.TransactionManager` and
+:class:`~compat.recovery.RecoveryManager`. It writes the same lines as
+:class:`~compat.wal.WALManager` (same checksums, sequence numbers strictly increasing,
+same replay), but it never fsyncs an append: a commit's durable unit is its replica
+transaction, and the WAL only lets recovery name the transactions a crash interrupted.
+Every ManagedWAL of one directory in a process shares one open file, one sequence and
+the directory's ``.wal.lock``, held until the last of them closes; another process
+cannot hold the same got directory anyway (its replica is locked).
+
+:func:`scan_wal` reads a WAL in one pass for recovery (open transactions, entity ids,
+corrupt lines), resuming from where the previous scan of an unchanged prefix stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+from compat.checksums import compute_checksum
+from compat.config import DurabilityMode
+from compat.locking import ProcessLock
+from compat.wal import (
+    APPEND_LOCK_TIMEOUT,
+    LOCK_FILE_NAME,
+    TransactionWALEntry,
+    WALManager,
+    _is_legacy_line,
+)
+from compat.types import utc_now_iso
+
+_ENTRY_KEYS = frozenset({"seq", "ts", "tx", "op", "data", "checksum"})
+_FINISHING_OPS = frozenset({"TX_COMMIT", "TX_ABORT", "TX_ROLLBACK"})
+
+
+# ---------------------------------------------------------------------- scanning
+
+
+@dataclass
+class WalScan:
+    """What one pass over a WAL found."""
+
+    open_txs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Transactions begun and not finished, in order of TX_BEGIN: ``{tx_id, state, snapshot}``."""
+    tx_writes: Dict[str, List[str]] = field(default_factory=dict)
+    """Entity ids each open transaction logged a WRITE for."""
+    known_ids: Set[str] = field(default_factory=set)
+    """Entity ids named by WRITE or ADOPTED lines (raw lines, checksums not checked)."""
+    corrupt: int = 0
+    """Non-blank lines that are not JSON, lack a checksum or fail it."""
+    max_seq: int = 0
+
+    def copy(self) -> "WalScan":
+        """An independent copy (the cache keeps the original)."""
+        return WalScan(
+            {k: dict(v) for k, v in self.open_txs.items()},
+            {k: list(v) for k, v in self.tx_writes.items()},
+            set(self.known_ids),
+            self.corrupt,
+            self.max_seq,
+        )
+
+    def feed(self, line: str) -> None:
+        """Account for one line of the WAL."""
+        text = line.strip()
+        if not text:
+            return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            self.corrupt += 1
+            return
+        if not isinstance(data, dict):
+            self.corrupt += 1
+            return
+        checksum = data.get("checksum")
+        intact = bool(checksum) and compute_checksum({k: v for k, v in data.items() if k != "checksum"}) == checksum
+        if not intact:
+            self.corrupt += 1
+        op = data.get("op")
+        if op == "WRITE" and isinstance(data.get("data"), dict):
+            entity_id = data["data"].get("entity_id")
+            if isinstance(entity_id, str):
+                self.known_ids.add(entity_id)
+        elif op == "ADOPTED" and isinstance(data.get("entity_id"), str):
+            self.known_ids.add(data["entity_id"])
+        if _is_legacy_line(data) or not checksum:
+            return
+        if set(data) != _ENTRY_KEYS:
+            try:
+                intact = TransactionWALEntry.from_dict(data).verify()
+            except (TypeError, ValueError):
+                intact = False
+        if intact:
+            self._track(data)
+
+    def _track(self, data: Dict[str, Any]) -> None:
+        op, tx_id = data.get("op"), data.get("tx", "")
+        seq = data.get("seq")
+        if isinstance(seq, int) and seq > self.max_seq:
+            self.max_seq = seq
+        payload = data.get("data") if isinstance(data.get("data"), dict) else {}
+        if op == "TX_BEGIN":
+            self.open_txs[tx_id] = {"tx_id": tx_id, "state": "ACTIVE", "snapshot": payload.get("snapshot", 0)}
+            self.tx_writes[tx_id] = []
+        elif op == "TX_PREPARE":
+            if tx_id in self.open_txs:
+                self.open_txs[tx_id]["state"] = "PREPARING"
+        elif op in _FINISHING_OPS:
+            self.open_txs.pop(tx_id, None)
+            self.tx_writes.pop(tx_id, None)
+        elif op == "WRITE" and tx_id in self.tx_writes and isinstance(payload.get("entity_id"), str):
+            self.tx_writes[tx_id].append(payload["entity_id"])
+
+
+@dataclass
+class _ScanCache:
+    offset: int
+    digest: bytes
+    scan: WalScan
+
+
+_SCANS: Dict[Path, _ScanCache] = {}
+_SCANS_LOCK = threading.Lock()
+
+
+def scan_wal(wal_file: Union[str, Path]) -> WalScan:
+    """Scan ``wal_file`` (a missing file scans empty), reusing the previous scan of an unchanged prefix."""
+    path = Path(wal_file).resolve()
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return WalScan()
+    end = content.rfind(b"\n") + 1
+    with _SCANS_LOCK:
+        cached = _SCANS.get(path)
+    start, scan = 0, WalScan()
+    if cached is not None and cached.offset <= end:
+        if hashlib.sha256(content[: cached.offset]).digest() == cached.digest:
+            start, scan = cached.offset, cached.scan.copy()
+    for line in content[start:end].decode("utf-8", errors="replace").splitlines():
+        scan.feed(line)
+    with _SCANS_LOCK:
+        _SCANS[path] = _ScanCache(end, hashlib.sha256(content[:end]).digest(), scan.copy())
+    tail = content[end:]
+    if tail.strip():
+        scan.feed(tail.decode("utf-8", errors="replace"))
+    return scan
+
+
+# ------------------------------------------------------------------ shared file
+
+
+class _WalFile:
+    """The open WAL of one directory in this process: file, sequence and lock shared by its ManagedWALs."""
+
+    def __init__(self, wal_dir: Path, wal_file: Path, seq_file: Path, sequence: int) -> None:
+        self.wal_dir = wal_dir
+        self.wal_file = wal_file
+        self.seq_file = seq_file
+        self.sequence = sequence
+        self.users = 0
+        self.lock = threading.RLock()
+        self._handle: Optional[Any] = None
+        self._inode: Optional[Tuple[int, int]] = None
+        self._process_lock = ProcessLock(wal_dir / LOCK_FILE_NAME, reentrant=True)
+        if not self._process_lock.acquire(timeout=APPEND_LOCK_TIMEOUT):
+            raise RuntimeError(f"Failed to acquire lock: {self._process_lock.lock_path}")
+
+    def _open(self) -> Any:
+        """The append handle, reopened if the file was removed or replaced meanwhile."""
+        handle = self._handle
+        if handle is not None:
+            try:
+                info = os.stat(self.wal_file)
+                if (info.st_dev, info.st_ino) == self._inode:
+                    return handle
+            except FileNotFoundError:
+                pass
+            handle.close()
+            self._handle = None
+        handle = open(self.wal_file, "ab+", buffering=0)
+        info = os.fstat(handle.fileno())
+        self._inode = (info.st_dev, info.st_ino)
+        end = handle.seek(0, os.SEEK_END)
+        if end > 0:
+            handle.seek(end - 1)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        self._handle = handle
+        return handle
+
+    def append(self, line: bytes) -> None:
+        """Append one complete line (no fsync)."""
+        with self.lock:
+            self._open().write(line)
+
+    def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
+        """Append one entry with the next sequence number and return it."""
+        with self.lock:
+            self.sequence += 1
+            entry = TransactionWALEntry(
+                operation=operation, timestamp=utc_now_iso(), payload=data, seq=self.sequence, tx_id=tx_id
+            )
+            self._open().write((json.dumps(entry.to_dict(), separators=(",", ":")) + "\n").encode("utf-8"))
+            return self.sequence
+
+    def next_seq(self) -> int:
+        """Take the next sequence number and persist it."""
+        with self.lock:
+            self.sequence += 1
+            self.persist_sequence()
+            return self.sequence
+
+    def persist_sequence(self) -> None:
+        """Write the sequence file (atomically)."""
+        with self.lock:
+            tmp = self.seq_file.with_name(f"{self.seq_file.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump({"seq": self.sequence}, handle)
+            os.replace(tmp, self.seq_file)
+
+    def truncate(self, archive_dir: Path, archive: bool) -> Optional[Path]:
+        """Archive (or delete) the current file, as :meth:`WALManager.truncate`."""
+        from datetime import datetime, timezone
+
+        with self.lock:
+            self.persist_sequence()
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+            if not self.wal_file.exists():
+                return None
+            if not archive:
+                self.wal_file.unlink()
+                return None
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+            target = archive_dir / f"{stamp}.wal"
+            suffix = 1
+            while target.exists():
+                target = archive_dir / f"{stamp}_{suffix}.wal"
+                suffix += 1
+            self.wal_file.rename(target)
+            return target
+
+    def close(self) -> None:
+        """Persist the sequence, close the file and release the directory lock."""
+        with self.lock:
+            try:
+                self.persist_sequence()
+            finally:
+                if self._handle is not None:
+                    self._handle.close()
+                    self._handle = None
+                self._process_lock.release()
+
+
+_FILES: Dict[Path, _WalFile] = {}
+_FILES_LOCK = threading.Lock()
+
+
+def _join(wal: WALManager) -> _WalFile:
+    key = wal.wal_dir.resolve()
+    with _FILES_LOCK:
+        shared = _FILES.get(key)
+        if shared is None:
+            shared = _FILES[key] = _WalFile(wal.wal_dir, wal.wal_file, wal.seq_file, wal._sequence)
+        shared.users += 1
+        return shared
+
+
+def _leave(shared: _WalFile) -> None:
+    with _FILES_LOCK:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        _FILES.pop(shared.wal_dir.resolve(), None)
+    shared.close()
+
+
+class ManagedWAL(WALManager):
+    """A WALManager for a got directory held by this process: shared file, no fsync per append.
+
+    ``durability`` is kept as an attribute (it says how the commits it logs are made
+    durable), but appends never fsync; ``fsync_now()`` still does."""
+
+    def __init__(self, wal_dir: Union[str, Path], durability: DurabilityMode = DurabilityMode.BALANCED) -> None:
+        super().__init__(wal_dir, durability)
+        self._shared = _join(self)
+        self._finalizer = weakref.finalize(self, _leave, self._shared)
+
+    def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
+        """Append one entry (no fsync) and return its sequence number."""
+        return self._shared.log(tx_id, operation, data)
+
+    def _next_seq(self) -> int:
+        """Take the next sequence number, persist it and return it."""
+        return self._shared.next_seq()
+
+    def append_record(self, record: Dict[str, Any]) -> None:
+        """Append a line that is not a transaction entry (recovery's ADOPTED lines)."""
+        self._shared.append((json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+
+    def truncate(self, archive: bool = True) -> Optional[Path]:
+        """Archive ``current.wal`` (returning the new path) or delete it; the sequence is kept."""
+        return self._shared.truncate(self.archive_dir, archive)
+
+    def scan(self) -> WalScan:
+        """One pass over ``current.wal`` (cached for an unchanged prefix)."""
+        with self._shared.lock:
+            return scan_wal(self.wal_file)
+
+    def get_incomplete_transactions(self) -> List[Dict[str, Any]]:
+        """Transactions begun but not finished, in order of TX_BEGIN."""
+        return [dict(tx) for tx in self.scan().open_txs.values()]
+
+    def close(self) -> None:
+        """Stop using the shared file (the last user persists the sequence and releases the lock)."""
+        self._finalizer()
+
+    def __enter__(self) -> "ManagedWAL":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+__all__ = ["ManagedWAL", "WalScan", "scan_wal"]

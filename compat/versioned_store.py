@@ -1,0 +1,776 @@
+"""Versioned entity store of the old ``cortical.got`` API, kept in a replica.
+
+Entities live in the replica collection ``got_entities`` (one JSON record per entity,
+merged field by field across replicas), so they replicate. Each record holds the
+entity's ``to_dict()`` plus one bookkeeping field, ``_got``: the canonical checksum of
+the data (:func:`compat.checksums.compute_checksum`), the transaction that wrote it and
+the global version of the write. The global version is the replica counter
+``got.version``: every commit on any replica adds exactly one. Every write also leaves a
+write record carrying its global version, which is the history ``read_at_version``
+reads.
+
+A commit is one replica transaction: one Doc update, one log record, atomic on recovery.
+Everything a batch writes is validated before the first write, because a Doc
+transaction cannot be rolled back.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import weakref
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from compat import sharing
+from compat.checksums import compute_checksum
+from compat.config import DurabilityMode
+from compat.errors import CorruptionError, GoTError, ValidationError
+from compat.types import (
+    ENTITY_CLASSES,
+    EPIC_STATUSES,
+    HANDOFF_STATUSES,
+    SPRINT_STATUSES,
+    TASK_PRIORITIES,
+    TASK_STATUSES,
+    VALID_EDGE_TYPES,
+    VALID_ENTITY_TYPES,
+    Entity,
+    _base_kwargs,
+    utc_now_iso,
+)
+from replica import Durability, Replica
+from replica.models import check_id, check_json
+from replica.records import Clock, FieldConflict, Records, WriteRecord, join
+
+ENTITIES_COLLECTION = "got_entities"
+"""Replica collection holding the entities."""
+
+VERSION_COUNTER = "got.version"
+"""Replica counter holding the global version (commits on every replica)."""
+
+META_KEY = "_got"
+"""Bookkeeping field of every entity record: checksum, writing transaction, global version, time."""
+
+IGNORED_FIELDS: Tuple[str, ...] = ("version", "created_at", "modified_at", META_KEY)
+"""Fields whose concurrent changes never count as a conflict."""
+
+HISTORY_DIR_NAME = "_history"
+
+PathLike = Union[str, Path]
+
+
+# ----------------------------------------------------------------------- entity types
+
+
+@dataclass
+class GenericEntity(Entity):
+    """An entity of a valid type without its own class (claudemd_layer, team, ...); keeps every field."""
+
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The five base fields plus every other field read from storage."""
+        base = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(Entity)}
+        return {**copy.deepcopy(self.extra), **base}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenericEntity":
+        """Rebuild from a dict with ``id`` and ``entity_type``; other keys go to ``extra``."""
+        base = {f.name for f in fields(Entity)}
+        extra = {key: copy.deepcopy(value) for key, value in data.items() if key not in base}
+        return cls(**_base_kwargs(data, data["id"], entity_type=data["entity_type"]), extra=extra)
+
+
+def entity_class(entity_type: Any, entity_id: str) -> type:
+    """The class for ``entity_type``; ValueError for a missing or unknown type (as the old store)."""
+    if not entity_type:
+        raise ValueError(f"Missing entity_type for entity {entity_id}")
+    cls = ENTITY_CLASSES.get(entity_type)
+    if cls is not None:
+        return cls
+    if entity_type in VALID_ENTITY_TYPES:
+        return GenericEntity
+    raise ValueError(f"Unknown entity_type {entity_type!r} for entity {entity_id}")
+
+
+# ----------------------------------------------------------------------- schema check
+
+_Check = Callable[[Any], Optional[str]]
+
+
+def _is_text(value: Any) -> Optional[str]:
+    return None if isinstance(value, str) else f"must be a string, got {type(value).__name__}"
+
+
+def _is_int(value: Any) -> Optional[str]:
+    return None if isinstance(value, int) and not isinstance(value, bool) else f"must be an integer, got {value!r}"
+
+
+def _is_map(value: Any) -> Optional[str]:
+    return None if isinstance(value, dict) else f"must be an object, got {type(value).__name__}"
+
+
+def _is_list(value: Any) -> Optional[str]:
+    return None if isinstance(value, list) else f"must be a list, got {type(value).__name__}"
+
+
+def _is_text_list(value: Any) -> Optional[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return "must be a list of strings"
+    return None
+
+
+def _unit(value: Any) -> Optional[str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        return f"must be a number in [0.0, 1.0], got {value!r}"
+    return None
+
+
+def _one_of(choices: Iterable[str]) -> _Check:
+    allowed = frozenset(choices)
+
+    def check(value: Any) -> Optional[str]:
+        return None if value in allowed else f"must be one of {sorted(allowed)}, got {value!r}"
+
+    return check
+
+
+_COMMON: Dict[str, _Check] = {
+    "id": lambda v: None if isinstance(v, str) and v else "must be a non-empty string",
+    "entity_type": _one_of(VALID_ENTITY_TYPES),
+    "version": _is_int,
+    "created_at": _is_text,
+    "modified_at": _is_text,
+}
+
+_SCHEMAS: Dict[str, Dict[str, _Check]] = {
+    "task": {
+        "title": _is_text,
+        "status": _one_of(TASK_STATUSES),
+        "priority": _one_of(TASK_PRIORITIES),
+        "description": _is_text,
+        "properties": _is_map,
+        "metadata": _is_map,
+    },
+    "decision": {"title": _is_text, "rationale": _is_text, "affects": _is_text_list, "properties": _is_map},
+    "edge": {
+        "source_id": _is_text,
+        "target_id": _is_text,
+        "edge_type": _one_of(VALID_EDGE_TYPES),
+        "weight": _unit,
+        "confidence": _unit,
+    },
+    "sprint": {
+        "title": _is_text,
+        "status": _one_of(SPRINT_STATUSES),
+        "epic_id": _is_text,
+        "number": _is_int,
+        "session_id": _is_text,
+        "isolation": _is_list,
+        "goals": _is_list,
+        "notes": _is_list,
+        "properties": _is_map,
+        "metadata": _is_map,
+    },
+    "epic": {
+        "title": _is_text,
+        "status": _one_of(EPIC_STATUSES),
+        "phase": _is_int,
+        "phases": _is_list,
+        "properties": _is_map,
+        "metadata": _is_map,
+    },
+    "handoff": {
+        "source_agent": _is_text,
+        "target_agent": _is_text,
+        "task_id": _is_text,
+        "status": _one_of(HANDOFF_STATUSES),
+        "instructions": _is_text,
+        "context": _is_map,
+        "result": _is_map,
+        "artifacts": _is_list,
+        "initiated_at": _is_text,
+        "accepted_at": _is_text,
+        "completed_at": _is_text,
+        "rejected_at": _is_text,
+        "reject_reason": _is_text,
+        "properties": _is_map,
+    },
+}
+
+
+def schema_errors(entity: Entity) -> List[str]:
+    """``field: problem`` lines for every field of ``entity`` that breaks its type's schema."""
+    data = entity.to_dict()
+    checks = {**_COMMON, **_SCHEMAS.get(data.get("entity_type", ""), {})}
+    errors = []
+    for name, check in checks.items():
+        if name not in data:
+            errors.append(f"{name}: missing")
+            continue
+        problem = check(data[name])
+        if problem:
+            errors.append(f"{name}: {problem}")
+    return errors
+
+
+def validate_entity(entity: Entity) -> None:
+    """Raise ValidationError (context ``entity_type``, ``errors``) when the schema check fails."""
+    errors = schema_errors(entity)
+    if errors:
+        raise ValidationError(
+            f"Schema validation failed for {entity.entity_type or 'entity'} {entity.id}: {'; '.join(errors)}",
+            entity_type=entity.entity_type,
+            entity_id=entity.id,
+            errors=errors,
+        )
+
+
+# ------------------------------------------------------------------- replica core
+
+
+@dataclass
+class BatchResult:
+    """What a batch write did: the new global version (None when refused), why it was refused, the log position."""
+
+    version: Optional[int]
+    refused: List[Any] = field(default_factory=list)
+    lsn: int = 0
+
+
+@dataclass
+class _Prepared:
+    entity: Entity
+    bumped: Entity
+    data: Dict[str, Any]
+    checksum: str
+
+
+def _strip(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    return {key: value for key, value in raw.items() if key != META_KEY}
+
+
+def _meta(raw: Mapping[str, Any]) -> Dict[str, Any]:
+    meta = raw.get(META_KEY)
+    return meta if isinstance(meta, dict) else {}
+
+
+class ReplicaEntities:
+    """The entity operations on one replica, shared by every compat object (and command) using it.
+
+    Keeps a cache of each record's write clock (the base the next write claims to have
+    seen), dropped whenever a peer's update arrives."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.records: Records = replica.collection(ENTITIES_COLLECTION, ignore_fields=IGNORED_FIELDS)
+        self._clocks: Dict[str, Clock] = {}
+        self._clock_lock = threading.Lock()
+        self._generation = 0
+        replica.on_update(self._on_update)
+
+    def _on_update(self, update: bytes, origin: Optional[str]) -> None:
+        if origin is not None:
+            with self._clock_lock:
+                self._generation += 1
+                self._clocks.clear()
+
+    def where(self, entity_id: str) -> str:
+        """A human-readable location of an entity record, for error messages."""
+        home = self.replica.datadir.path if self.replica.datadir is not None else "memory"
+        return f"{home}#{ENTITIES_COLLECTION}/{entity_id}"
+
+    # ------------------------------------------------------------------ versions
+
+    def current_version(self) -> int:
+        """The global version: commits made on every replica this one has heard of."""
+        return self.replica.counters.value(VERSION_COUNTER)
+
+    def add_versions(self, count: int) -> None:
+        """Raise the global version by ``count`` (migration sets it to the old store's value)."""
+        if count > 0:
+            self.replica.counters.incr(VERSION_COUNTER, count)
+
+    # ------------------------------------------------------------------- reading
+
+    def ids(self) -> List[str]:
+        """Ids of the entities that exist now."""
+        return self.records.ids()
+
+    def exists(self, entity_id: str) -> bool:
+        """True if the entity exists now."""
+        return entity_id in self.records
+
+    def raw(self, entity_id: str) -> Optional[Dict[str, Any]]:
+        """The stored record (data plus ``_got``), or None."""
+        return self.records.get(entity_id)
+
+    def read(self, entity_id: str) -> Optional[Entity]:
+        """The entity, verified; None when absent (see :meth:`build` for the errors)."""
+        raw = self.records.get(entity_id)
+        return None if raw is None else self.build(entity_id, raw, merged=True)
+
+    def stored_version(self, entity_id: str) -> int:
+        """The stored entity's ``version`` field, 0 when it does not exist."""
+        raw = self.records.get(entity_id)
+        if raw is None:
+            return 0
+        version = raw.get("version", 0)
+        return version if isinstance(version, int) else 0
+
+    def build(self, entity_id: str, raw: Mapping[str, Any], *, merged: bool = False) -> Entity:
+        """Verify a stored record and rebuild its entity.
+
+        A checksum mismatch raises CorruptionError, except for a record that is the
+        field-by-field merge of concurrent writes (``merged``), where every field must
+        come from one of them. A missing or unknown ``entity_type`` raises ValueError; data
+        that does not build its class raises CorruptionError."""
+        data = _strip(raw)
+        expected = _meta(raw).get("checksum")
+        actual = compute_checksum(data)
+        if expected != actual and not (merged and self._is_merge_of_heads(entity_id, raw)):
+            raise CorruptionError(
+                f"Checksum mismatch for entity {entity_id}",
+                entity_id=entity_id,
+                expected=expected,
+                actual=actual,
+                path=self.where(entity_id),
+            )
+        cls = entity_class(data.get("entity_type"), entity_id)
+        try:
+            return cls.from_dict(data)
+        except (GoTError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptionError(
+                f"Entity {entity_id} does not build a {cls.__name__}: {exc}",
+                entity_id=entity_id,
+                path=self.where(entity_id),
+            ) from None
+
+    def _is_merge_of_heads(self, entity_id: str, raw: Mapping[str, Any]) -> bool:
+        """True when ``raw`` is the per-field merge of two or more concurrent, individually valid writes."""
+        history = [w for w in self.records.history(entity_id) if w.data is not None]
+        heads = [w for w in history if not any(o is not w and o.dominates(w) for o in history)]
+        if len(heads) < 2:
+            return False
+        datas = []
+        for head in heads:
+            assert head.data is not None
+            if _meta(head.data).get("checksum") != compute_checksum(_strip(head.data)):
+                return False
+            datas.append(_strip(head.data))
+        missing = object()
+        data = _strip(raw)
+        for key in set(data).union(*datas):
+            value = data.get(key, missing)
+            if not any(_same_json(d.get(key, missing), value) for d in datas):
+                return False
+        return True
+
+    def read_at_version(self, entity_id: str, version: int) -> Optional[Entity]:
+        """The entity as of global ``version`` (the old store's rules, history from write records).
+
+        At or above the current version: the current entity. Otherwise the data of the last
+        write stamped at or below ``version``; with none, an entity written only once is
+        visible at any version >= 1 (the old quirk), anything else is None."""
+        if version >= self.current_version():
+            return self.read(entity_id)
+        raw = self.records.get(entity_id)
+        if raw is not None:
+            stamp = _meta(raw).get("gv")
+            if isinstance(stamp, int) and stamp <= version:
+                return self.build(entity_id, raw, merged=True)
+        writes = [w for w in self.records.history(entity_id) if w.version is not None]
+        older = [w for w in writes if w.version is not None and w.version <= version]
+        if older:
+            last = max(enumerate(older), key=lambda pair: (pair[1].version, pair[0]))[1]
+            return None if last.data is None else self.build(entity_id, last.data)
+        if len(writes) <= 1 and raw is not None and version >= 1:
+            return self.build(entity_id, raw, merged=True)
+        return None
+
+    def history(self, entity_id: str) -> List[Dict[str, Any]]:
+        """The old history lines: ``{global_version, timestamp, data}`` per overwrite or delete, data before it."""
+        writes = [w for w in self.records.history(entity_id) if w.version is not None]
+        lines = []
+        for before, after in zip(writes, writes[1:]):
+            if before.data is None:
+                continue
+            assert after.version is not None
+            lines.append({"global_version": after.version - 1, "timestamp": after.at, "data": _strip(before.data)})
+        return lines
+
+    def base_clock(self, entity_id: str) -> Clock:
+        """The write clock of the entity as this replica sees it now (cached)."""
+        with self._clock_lock:
+            cached = self._clocks.get(entity_id)
+            generation = self._generation
+        if cached is not None:
+            return dict(cached)
+        clock = self.records.clock(entity_id)
+        with self._clock_lock:
+            if generation == self._generation:
+                self._clocks[entity_id] = clock
+        return dict(clock)
+
+    def read_for_update(self, entity_id: str, version: int) -> Tuple[Optional[Entity], Clock]:
+        """The entity at ``version`` and the clock seen with it, read together (no peer update in between)."""
+        for _ in range(5):
+            with self._clock_lock:
+                generation = self._generation
+            entity = self.read_at_version(entity_id, version)
+            clock = self.base_clock(entity_id)
+            with self._clock_lock:
+                if generation == self._generation:
+                    break
+        return entity, clock
+
+    def _note_write(self, entity_id: str, write: WriteRecord) -> None:
+        with self._clock_lock:
+            cached = self._clocks.get(entity_id)
+            if cached is not None:
+                self._clocks[entity_id] = join([cached, write.clock])
+
+    def verify_all(self) -> List[str]:
+        """Ids of stored entities that fail verification (checksum, type or build)."""
+        bad = []
+        for entity_id, raw in self.records.all().items():
+            try:
+                self.build(entity_id, raw, merged=True)
+            except (CorruptionError, ValueError):
+                bad.append(entity_id)
+        return bad
+
+    def written_by(self, entity_id: str, tx_id: str) -> Optional[int]:
+        """The global version at which transaction ``tx_id`` wrote the entity, or None if it never did."""
+        for write in self.records.history(entity_id):
+            if write.data is not None and _meta(write.data).get("tx") == tx_id:
+                return write.version
+        return None
+
+    # ------------------------------------------------------------------- writing
+
+    def prepare(self, entity: Entity, *, validate: bool = True) -> _Prepared:
+        """Validate ``entity`` and compute what its write will store, without touching anything."""
+        if validate:
+            validate_entity(entity)
+        try:
+            check_id(ENTITIES_COLLECTION, entity.id)
+        except ValueError as exc:
+            raise ValidationError(
+                f"Invalid entity id {entity.id!r}: {exc}", entity_type=entity.entity_type, errors=[str(exc)]
+            ) from None
+        bumped = copy.copy(entity)
+        bumped.bump_version()
+        data = bumped.to_dict()
+        try:
+            check_json(data, "entity")
+        except ValueError as exc:
+            raise ValidationError(
+                f"Entity {entity.id} holds a value the replica cannot store: {exc}",
+                entity_type=entity.entity_type,
+                errors=[str(exc)],
+            ) from None
+        return _Prepared(entity, bumped, data, compute_checksum(data))
+
+    def put_batch(
+        self,
+        entities: Sequence[Entity],
+        *,
+        validate: bool = True,
+        tx_id: Optional[str] = None,
+        bases: Optional[Mapping[str, Clock]] = None,
+        check: Optional[Callable[[], List[Any]]] = None,
+    ) -> BatchResult:
+        """Write every entity (version bumped, global version + 1) in one replica transaction.
+
+        ``check`` runs first, inside the transaction (so no peer update slips in between);
+        if it returns anything, nothing is written and that is returned as ``refused``. The
+        caller's objects get the new ``version`` and ``modified_at`` once the batch is written."""
+        prepared = [self.prepare(entity, validate=validate) for entity in entities]
+        with self.replica.transaction(wait=False):
+            if check is not None:
+                refused = check()
+                if refused:
+                    return BatchResult(None, list(refused), self.replica.last_lsn)
+            version = self.current_version() + 1
+            written_at = utc_now_iso()
+            for item in prepared:
+                body = dict(item.data)
+                body[META_KEY] = {"checksum": item.checksum, "tx": tx_id, "gv": version, "written_at": written_at}
+                entity_id = item.entity.id
+                base = bases.get(entity_id) if bases is not None else None
+                if base is None:
+                    base = self.base_clock(entity_id)
+                self._note_write(entity_id, self.records.put(entity_id, body, base=base, version=version))
+            self.replica.counters.incr(VERSION_COUNTER)
+        for item in prepared:
+            item.entity.version = item.bumped.version
+            item.entity.modified_at = item.bumped.modified_at
+        return BatchResult(version, [], self.replica.last_lsn)
+
+    def put_raw(self, entity_id: str, data: Dict[str, Any], *, version: int, source: Optional[Dict[str, Any]] = None) -> None:
+        """Store ``data`` exactly as given (migration), checksummed, stamped with ``version``."""
+        body = dict(data)
+        meta: Dict[str, Any] = {"checksum": compute_checksum(data), "tx": None, "gv": version, "written_at": utc_now_iso()}
+        if source:
+            meta["source"] = source
+        body[META_KEY] = meta
+        self._note_write(entity_id, self.records.put(entity_id, body, base=self.base_clock(entity_id), version=version))
+
+    def delete(self, entity_id: str) -> Tuple[bool, int]:
+        """Delete the entity (global version + 1); (False, lsn) when it does not exist."""
+        with self.replica.transaction(wait=False):
+            if entity_id not in self.records:
+                return False, self.replica.last_lsn
+            version = self.current_version() + 1
+            self.delete_raw(entity_id, version=version)
+            self.replica.counters.incr(VERSION_COUNTER)
+        return True, self.replica.last_lsn
+
+    def delete_raw(self, entity_id: str, *, version: int, resolves: Iterable[str] = ()) -> None:
+        """Delete the record, its write stamped with ``version`` (no global version change)."""
+        base = self.base_clock(entity_id)
+        self._note_write(entity_id, self.records.delete(entity_id, base=base, resolves=resolves, version=version))
+
+    # ----------------------------------------------------------------- conflicts
+
+    def conflicts(self, entity_id: Optional[str] = None, *, include_settled: bool = False) -> List[FieldConflict]:
+        """Recorded cross-replica conflicts (unsettled unless asked), identical on every synced replica."""
+        return self.records.conflicts(entity_id, include_settled=include_settled)
+
+    def find_conflict(self, conflict_id: str) -> FieldConflict:
+        """A conflict by id, settled or not (replica NotFoundError when unknown)."""
+        return self.records.find_conflict(conflict_id)
+
+    def is_settled(self, conflict: FieldConflict) -> bool:
+        """True once a write that saw both sides settled the conflict."""
+        return all(c.id != conflict.id for c in self.records.conflicts(conflict.record_id))
+
+    def settle(
+        self, conflict: FieldConflict, values: Mapping[str, Any], *, delete: bool = False, keep: Optional[Mapping[str, Any]] = None
+    ) -> Tuple[Optional[Entity], int]:
+        """Write the resolution of ``conflict``: the current entity with ``values`` over it, or a delete.
+
+        ``keep`` is the data to start from when the record is gone (the surviving side of a
+        delete-versus-update conflict). The write's clock dominates both sides and it names
+        the conflict, so it replicates, never flaps, and a concurrent resolution of the same
+        conflict elsewhere converges with it instead of conflicting."""
+        entity_id = conflict.record_id
+        with self.replica.transaction(wait=False):
+            base = join([self.base_clock(entity_id), conflict.left.clock, conflict.right.clock])
+            version = self.current_version() + 1
+            current = self.records.get(entity_id)
+            if delete:
+                if current is None:
+                    write = self.records.resolve(conflict, {}, version=version)
+                    self._note_write(entity_id, write)
+                else:
+                    self._note_write(
+                        entity_id, self.records.delete(entity_id, base=base, resolves=(conflict.id,), version=version)
+                    )
+                self.replica.counters.incr(VERSION_COUNTER)
+                resolved: Optional[Entity] = None
+            else:
+                start = _strip(current) if current is not None else dict(keep or {})
+                merged = {**start, **{k: v for k, v in values.items() if k != "__deleted__"}}
+                cls = entity_class(merged.get("entity_type"), entity_id)
+                entity = cls.from_dict(merged)
+                item = self.prepare(entity)
+                body = dict(item.data)
+                body[META_KEY] = {
+                    "checksum": item.checksum,
+                    "tx": f"resolve:{conflict.id}",
+                    "gv": version,
+                    "written_at": utc_now_iso(),
+                }
+                self._note_write(
+                    entity_id, self.records.put(entity_id, body, base=base, resolves=(conflict.id,), version=version)
+                )
+                self.replica.counters.incr(VERSION_COUNTER)
+                resolved = item.bumped
+        return resolved, self.replica.last_lsn
+
+    # ---------------------------------------------------------------- durability
+
+    def settle_durably(self, lsn: int, durability: DurabilityMode) -> None:
+        """Return once the log holds everything up to ``lsn`` on disk, as ``durability`` promises.
+
+        RELAXED never waits. Otherwise one group fsync covers every commit waiting at once;
+        a replica opened in a weaker mode (lazy) is flushed explicitly."""
+        if durability is DurabilityMode.RELAXED:
+            return
+        mode = self.replica.durability
+        if mode is None:
+            return
+        if mode is Durability.LAZY:
+            self.replica.flush()
+        else:
+            self.replica.wait_durable(lsn)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=repr) == json.dumps(b, sort_keys=True, default=repr)
+
+
+_ENTITIES: "weakref.WeakKeyDictionary[Replica, ReplicaEntities]" = weakref.WeakKeyDictionary()
+_ENTITIES_LOCK = threading.Lock()
+
+
+def entities_for(replica: Replica) -> ReplicaEntities:
+    """The one :class:`ReplicaEntities` of ``replica`` (created on first use)."""
+    with _ENTITIES_LOCK:
+        found = _ENTITIES.get(replica)
+        if found is None:
+            found = _ENTITIES[replica] = ReplicaEntities(replica)
+        return found
+
+
+def default_replica_dir(store_dir: PathLike) -> Path:
+    """Where a store's replica lives: the got directory for ``<got_dir>/entities``, else the store directory."""
+    path = Path(store_dir)
+    return path.parent if path.name == "entities" else path
+
+
+# ----------------------------------------------------------------- the old API
+
+
+class VersionedStore:
+    """The old versioned entity store over the replica of its directory.
+
+    ``store_dir`` is created (with ``_history/``, kept for old callers that look for it);
+    the replica lives in ``replica_dir`` (default: the got directory for
+    ``<got_dir>/entities``, else ``store_dir``). ``peers``/``listen``/``token``/``room``
+    (else ``agentstate.json`` in the replica directory, else the environment) make the
+    replica sync with other agents; ``sync=False`` joins without starting anything."""
+
+    def __init__(
+        self,
+        store_dir: PathLike,
+        durability: DurabilityMode = DurabilityMode.BALANCED,
+        validate_on_save: bool = True,
+        *,
+        replica_dir: Optional[PathLike] = None,
+        peers: Optional[Union[Sequence[str], str]] = None,
+        listen: Optional[str] = None,
+        token: Optional[str] = None,
+        room: Optional[str] = None,
+        sync: bool = True,
+    ) -> None:
+        self.store_dir: Path = Path(store_dir)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.history_dir: Path = self.store_dir / HISTORY_DIR_NAME
+        self.history_dir.mkdir(exist_ok=True)
+        self.durability: DurabilityMode = DurabilityMode(durability)
+        self.validate_on_save: bool = validate_on_save
+        self.replica_dir: Path = Path(replica_dir) if replica_dir is not None else default_replica_dir(self.store_dir)
+        network = (
+            sharing.network_options(self.replica_dir, peers=peers, listen=listen, token=token, room=room)
+            if sync
+            else None
+        )
+        self._lease = sharing.lease(self, self.replica_dir, self.durability, network)
+        self.entities: ReplicaEntities = entities_for(self._lease.shared.replica)
+
+    @property
+    def replica(self) -> Replica:
+        """The replica holding the entities."""
+        return self._lease.shared.replica
+
+    @property
+    def shared(self) -> sharing.SharedReplica:
+        """The registry entry this store uses (its commit lock and network services)."""
+        return self._lease.shared
+
+    # ------------------------------------------------------------------- reading
+
+    def current_version(self) -> int:
+        """The global version: 0 for an empty store, +1 per commit on any replica."""
+        return self.entities.current_version()
+
+    def read(self, entity_id: str) -> Optional[Entity]:
+        """The entity (its own class), None when absent; CorruptionError on a checksum mismatch."""
+        return self.entities.read(entity_id)
+
+    def read_at_version(self, entity_id: str, version: int) -> Optional[Entity]:
+        """The entity as of global ``version`` (see :meth:`ReplicaEntities.read_at_version`)."""
+        return self.entities.read_at_version(entity_id, version)
+
+    def exists(self, entity_id: str) -> bool:
+        """True if the entity exists."""
+        return self.entities.exists(entity_id)
+
+    def history(self, entity_id: str) -> List[Dict[str, Any]]:
+        """Old-style history lines ``{global_version, timestamp, data}``: one per overwrite or delete."""
+        return self.entities.history(entity_id)
+
+    def ids(self) -> List[str]:
+        """Ids of every entity that exists."""
+        return self.entities.ids()
+
+    def _read_and_verify(self, path_or_id: Union[PathLike, str]) -> Dict[str, Any]:
+        """The old wrapper ``{_checksum, _written_at, data}`` of a verified entity (an id or ``<id>.json``)."""
+        entity_id = Path(path_or_id).stem if str(path_or_id).endswith(".json") else str(path_or_id)
+        raw = self.entities.raw(entity_id)
+        if raw is None:
+            raise FileNotFoundError(f"no entity {entity_id} in {self.entities.where(entity_id)}")
+        entity = self.entities.build(entity_id, raw, merged=True)
+        meta = _meta(raw)
+        return {"_checksum": meta.get("checksum"), "_written_at": meta.get("written_at"), "data": entity.to_dict()}
+
+    # ------------------------------------------------------------------- writing
+
+    def write(self, entity: Entity) -> None:
+        """Validate, bump the caller's object, store it and add 1 to the global version."""
+        self.apply_writes({entity.id: entity})
+
+    def apply_writes(self, write_set: Mapping[str, Entity], **options: Any) -> int:
+        """Write a batch atomically (one replica transaction) and return the new global version (+1 per batch).
+
+        Everything is validated first; on any error nothing is written and it propagates."""
+        result = self.entities.put_batch(list(write_set.values()), validate=self.validate_on_save, **options)
+        assert result.version is not None
+        self.entities.settle_durably(result.lsn, self.durability)
+        return result.version
+
+    def delete(self, entity_id: str) -> bool:
+        """Delete the entity (global version + 1); False when it does not exist."""
+        deleted, lsn = self.entities.delete(entity_id)
+        if deleted:
+            self.entities.settle_durably(lsn, self.durability)
+        return deleted
+
+    def fsync_all(self) -> None:
+        """Make everything written so far durable, whatever the mode."""
+        self.replica.flush()
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Stop using the replica (it closes when its last user does); idempotent."""
+        self._lease.close()
+
+    def __enter__(self) -> "VersionedStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "VersionedStore",
+    "ReplicaEntities",
+    "GenericEntity",
+    "BatchResult",
+    "entities_for",
+    "entity_class",
+    "schema_errors",
+    "validate_entity",
+    "default_replica_dir",
+    "ENTITIES_COLLECTION",
+    "VERSION_COUNTER",
+    "META_KEY",
+    "IGNORED_FIELDS",
+]

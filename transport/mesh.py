@@ -1,0 +1,884 @@
+"""The mesh: a replica listens and dials peers over websockets and keeps them in sync.
+
+Each connection runs a sans-I/O `Session`; this module does the I/O and the policy:
+authentication, limits, one connection per pair of nodes, relaying, reconnecting,
+awareness and graceful shutdown. Updates a peer sends are applied to the replica with
+the peer as origin; the replica's update listener then queues every change for every
+other connection, so relaying needs no bookkeeping and an update that changes nothing
+(no event) dies out. The rules are specified in docs/protocol.md, "Mesh, auth and limits".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import ssl
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.frames import CloseCode
+
+from replica.errors import ClosedError, InvalidUpdateError, ReplicaError
+from replica.replica import Replica
+from replica.statevector import decode_state_vector, missing_from
+from transport import closecodes
+from transport.auth import TokenAuth, check_listen_safety, token_from_request
+from transport.awareness import AwarenessTable
+from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy
+from transport.messages import MAX_ROOM_SIZE, AuthPermissionDenied, encode
+from transport.peer import PeerConnection
+from transport.session import (
+    AwarenessQueried,
+    AwarenessReceived,
+    Event,
+    HelloReceived,
+    PermissionDenied,
+    ProtocolViolation,
+    Role,
+    Session,
+    SessionUsageError,
+    StepOneReceived,
+    StepTwoReceived,
+    Synced,
+    UpdateReceived,
+    UpdateRefused,
+)
+from transport.updates import UpdateFormatError, integrable_part, state_digest
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_CONNECTION = 4409
+"""Close code for the redundant one of two connections between the same nodes (or to itself)."""
+
+HELLO_HEADER = "X-Agentstate-Hello"
+"""Request header by which a dialing agentstate node announces that a hello comes first."""
+
+CAPABILITIES = frozenset({"digest"})
+"""Optional behaviour this node announces in its hello."""
+
+HELLO_WAIT = 2.0
+"""Seconds a listener holds its opening frames for an announced hello before sending anyway."""
+
+INTEGRITY_CHECK_BYTES = 1024 * 1024
+"""Updates up to this size are checked to integrate completely before they are applied;
+bigger ones (catch-ups) are applied as they are, the check being pure Python."""
+
+SHUTDOWN_DRAIN = 2.0
+"""Seconds stop() waits for send queues to empty before closing sockets."""
+
+DEFAULT_AWARENESS_INTERVAL = 10.0
+"""Seconds between renewals of our awareness state (y-websocket closes silent sockets at 30)."""
+
+_REASON_OF_CODE = {
+    closecodes.PROTOCOL_ERROR: "protocol_error",
+    closecodes.FRAME_TOO_BIG: "frame_too_big",
+    closecodes.ROOM_MISMATCH: "room_mismatch",
+    closecodes.UNSUPPORTED_VERSION: "unsupported_version",
+}
+
+
+def _close_reason(code: int) -> str:
+    """The short phrase sent in a close frame."""
+    if code == DUPLICATE_CONNECTION:
+        return "duplicate connection"
+    return closecodes.REASONS.get(code, "closing")
+
+
+def _close_big_frames_with_4413(protocol: Any) -> None:
+    """Make the websockets library close oversized frames with 4413 instead of 1009.
+
+    A y-websocket client reconnects after 1009 and would resend the same frame forever.
+    """
+    fail = protocol.fail
+
+    def fail_with_permanent_code(code: int, reason: str = "") -> None:
+        if code == CloseCode.MESSAGE_TOO_BIG:
+            code, reason = closecodes.FRAME_TOO_BIG, reason or _close_reason(closecodes.FRAME_TOO_BIG)
+        fail(code, reason[:120])
+
+    protocol.fail = fail_with_permanent_code
+
+
+class _ServerConnection(ServerConnection):
+    """Server-side connection with the 4413 rule."""
+
+    def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        _close_big_frames_with_4413(protocol)
+        super().__init__(protocol, *args, **kwargs)
+
+
+class _ClientConnection(ClientConnection):
+    """Client-side connection with the 4413 rule."""
+
+    def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        _close_big_frames_with_4413(protocol)
+        super().__init__(protocol, *args, **kwargs)
+
+
+@dataclass
+class DialTarget:
+    """A peer URL this node keeps a connection to, and what it knows of it."""
+
+    url: str
+    connect_url: str
+    replica_id: str | None = None
+    attempts: int = 0
+    connection: PeerConnection | None = None
+    last_error: str | None = None
+    last_close_code: int | None = None
+    last_seen: float | None = None
+    next_attempt: float | None = None
+    known_state: dict[int, int] | None = None
+    is_self: bool = False
+    backoff: Backoff | None = field(default=None, repr=False)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse "HOST:PORT" or "[V6]:PORT" into (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _format_address(address: Any) -> str:
+    """host:port of a socket address, whatever its family."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in str(host) else f"{host}:{address[1]}"
+    return str(address)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    """A UNIX time as ISO 8601 UTC, or None."""
+    return None if timestamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _is_panic(error: BaseException) -> bool:
+    """True for pyo3's PanicException (a BaseException) raised when yrs panics on bad input."""
+    return type(error).__name__ == "PanicException"
+
+
+class Mesh:
+    """Listen and dial for one replica and room; see docs/protocol.md for every rule."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        room: str = "agentstate",
+        listen: tuple[str, int] | None = None,
+        peers: Iterable[str] = (),
+        tokens: Iterable[str] = (),
+        read_only_tokens: Iterable[str] = (),
+        peer_token: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cafile: str | None = None,
+        allow_insecure_public: bool = False,
+        limits: Limits | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        awareness_interval: float = DEFAULT_AWARENESS_INTERVAL,
+        presence: Mapping[str, Any] | None = None,
+        use_digest: bool = True,
+        ping_interval: float | None = 20.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        if not room or not room.isprintable() or len(room.encode("utf-8")) > MAX_ROOM_SIZE:
+            raise ValueError(f"room must be printable and 1-{MAX_ROOM_SIZE} bytes: {room!r}")
+        if awareness_interval <= 0:
+            raise ValueError("awareness_interval must be positive")
+        self.replica = replica
+        self.replica_id = replica.replica_id
+        self.room = room
+        self.listen = listen
+        self.limits = limits or Limits()
+        self.reconnect = reconnect or ReconnectPolicy()
+        self.awareness_interval = awareness_interval
+        self.use_digest = use_digest
+        self.ping_interval = ping_interval
+        self.close_timeout = close_timeout
+        self._auth = TokenAuth(tokens, read_only_tokens)
+        self._peer_token = peer_token
+        self._certfile, self._keyfile, self._cafile = certfile, keyfile, cafile
+        if listen is not None:
+            check_listen_safety(listen[0], self._auth, allow_insecure_public)
+            if keyfile is not None and certfile is None:
+                raise ValueError("a TLS key needs a certificate (certfile)")
+        self._targets = [self._target(url) for url in peers]
+        base_presence = {"replica_id": self.replica_id, "room": room, "kind": "agentstate"}
+        self._awareness = AwarenessTable(
+            replica.client_id,
+            {**base_presence, **dict(presence or {})},
+            max_states=self.limits.max_awareness_states,
+        )
+        self._connections: tuple[PeerConnection, ...] = ()
+        self._inbound: set[ServerConnection] = set()
+        self._rejections: Counter[str] = Counter()
+        self._totals: Counter[str] = Counter()
+        self._generation = 0
+        self._digest_cache: tuple[int, bytes] | None = None
+        self._server: Server | None = None
+        self._address: tuple[str, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._changed: asyncio.Condition | None = None
+        self._unsubscribe: Any = None
+        self._sequence = 0
+        self._started = False
+        self._stopping = False
+        self._stopped = False
+
+    # -- configuration helpers ------------------------------------------------------------
+
+    def _target(self, url: str) -> DialTarget:
+        """Validate a peer URL; an empty path means this room, any other path must name it."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"peer URL must be ws:// or wss:// with a host: {url!r}")
+        path = parts.path
+        if path in ("", "/"):
+            path = "/" + quote(self.room, safe="/:@!$&'()*+,;=-._~")
+        elif unquote(path[1:]) != self.room:
+            raise ValueError(f"peer URL {url!r} names room {unquote(path[1:])!r}, not {self.room!r}")
+        return DialTarget(url=url, connect_url=urlunsplit(parts._replace(path=path)))
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) actually listened on (the port is resolved when 0 was asked)."""
+        return self._address
+
+    @property
+    def url(self) -> str | None:
+        """ws:// or wss:// URL of this node's room, once listening."""
+        if self._address is None:
+            return None
+        scheme = "wss" if self._certfile else "ws"
+        host, port = self._address
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{port}/{quote(self.room, safe='/')}"
+
+    def connections(self) -> tuple[PeerConnection, ...]:
+        """Live connections (for status and tests)."""
+        return self._connections
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen (if asked), start dialing every peer and the awareness timer; return once listening."""
+        if self._started:
+            raise RuntimeError("mesh already started")
+        self._started = True
+        self._changed = asyncio.Condition()
+        self._unsubscribe = self.replica.on_update(self._on_replica_update)
+        if self.listen is not None:
+            await self._listen(*self.listen)
+        for target in self._targets:
+            self._tasks.append(asyncio.create_task(self._dial_loop(target), name=f"agentstate-dial-{target.url}"))
+        self._tasks.append(asyncio.create_task(self._awareness_loop(), name="agentstate-awareness"))
+
+    async def _listen(self, host: str, port: int) -> None:
+        """Start the websocket server (the update listener is already subscribed)."""
+        try:
+            self._server = await serve(
+                self._handle_inbound,
+                host,
+                port,
+                ssl=self._server_ssl(),
+                max_size=self.limits.max_frame_size,
+                compression=None,
+                ping_interval=self.ping_interval,
+                close_timeout=self.close_timeout,
+                create_connection=_ServerConnection,
+            )
+        except BaseException:
+            self._unsubscribe()
+            self._unsubscribe = None
+            raise
+        sockname = self._server.sockets[0].getsockname()
+        self._address = (sockname[0], sockname[1])
+        log.info("event=listening url=%s", self.url)
+
+    async def stop(self) -> None:
+        """Say goodbye on awareness, flush send queues, close every socket with 1001, flush the log."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        self._stopping = True
+        await self._notify_changed()
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        goodbye = self._awareness.set_local(None)
+        self._broadcast_awareness(goodbye)
+        connections = list(self._connections)
+        await asyncio.gather(*(conn.drain(SHUTDOWN_DRAIN) for conn in connections))
+        for conn in connections:
+            conn.closing = True
+            conn.close_code = closecodes.GOING_AWAY
+        await asyncio.gather(
+            *(conn.ws.close(closecodes.GOING_AWAY, _close_reason(closecodes.GOING_AWAY)) for conn in connections),
+            return_exceptions=True,
+        )
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        await asyncio.to_thread(self.replica.flush)
+        log.info("event=stopped replica=%s", self.replica_id)
+
+    async def __aenter__(self) -> Mesh:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        """TLS context for listening, if a certificate was given."""
+        if self._certfile is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self._certfile, self._keyfile)
+        return context
+
+    def _client_ssl(self, target: DialTarget) -> ssl.SSLContext | None:
+        """TLS context for dialing a wss:// peer: the given CA, else the system's."""
+        if not target.connect_url.startswith("wss:"):
+            return None
+        return ssl.create_default_context(cafile=self._cafile)
+
+    # -- presence -------------------------------------------------------------------------
+
+    def set_presence(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge `fields` (what this agent works on) into our awareness state and broadcast it."""
+        state = dict(self._awareness.local_state or {})
+        state.update(fields)
+        json.dumps(state, allow_nan=False)
+        self._broadcast_awareness(self._awareness.set_local(state))
+        return state
+
+    def online(self) -> list[dict[str, Any]]:
+        """Awareness states currently known: who is online and what they work on."""
+        return self._awareness.online()
+
+    # -- inbound --------------------------------------------------------------------------
+
+    async def _handle_inbound(self, ws: ServerConnection) -> None:
+        """Admit or refuse an accepted websocket, then serve it until it closes."""
+        remote = _format_address(ws.remote_address)
+        self._inbound.add(ws)
+        try:
+            if self._stopping:
+                await ws.close(closecodes.GOING_AWAY, _close_reason(closecodes.GOING_AWAY))
+                return
+            if len(self._inbound) > self.limits.max_connections:
+                await self._refuse(ws, remote, closecodes.TRY_AGAIN_LATER, "connection_limit",
+                                   f"{self.limits.max_connections} connections already served")
+                return
+            request = ws.request
+            assert request is not None
+            path, _, query = request.path.partition("?")
+            access = self._auth.check(token_from_request(request.headers.get("Authorization"), query))
+            if not access.allowed:
+                with suppress(ConnectionClosed):
+                    await ws.send(encode(AuthPermissionDenied(access.reason)))
+                await self._refuse(ws, remote, closecodes.UNAUTHORIZED, "unauthorized", access.reason)
+                return
+            if not self._room_matches(path):
+                await self._refuse(ws, remote, closecodes.ROOM_MISMATCH, "room_mismatch", f"path {path[:200]}")
+                return
+            await self._serve_connection(
+                ws,
+                Role.LISTENER,
+                name=remote,
+                read_only=access.read_only,
+                expects_hello=request.headers.get(HELLO_HEADER) == "1",
+            )
+        finally:
+            self._inbound.discard(ws)
+
+    def _room_matches(self, path: str) -> bool:
+        """Whether a request path names our room (raw, as y-websocket sends it, or URL-encoded)."""
+        name = path[1:] if path.startswith("/") else path
+        return name == self.room or unquote(name) == self.room
+
+    async def _refuse(self, ws: ServerConnection, peer: str, code: int, reason: str, detail: str) -> None:
+        """Close a not-yet-served websocket with `code`, logging and counting the refusal."""
+        self._log_rejection(peer, reason, code, detail)
+        closing = asyncio.ensure_future(ws.close(code, _close_reason(code)))
+        with suppress(Exception):
+            async for _ in ws:
+                pass
+        with suppress(Exception):
+            await closing
+
+    # -- dialing --------------------------------------------------------------------------
+
+    async def _dial_loop(self, target: DialTarget) -> None:
+        """Keep one connection to `target`: dial, serve, back off (with jitter), repeat."""
+        backoff = target.backoff = Backoff(self.reconnect)
+        headers = {HELLO_HEADER: "1"}
+        if self._peer_token is not None:
+            headers["Authorization"] = f"Bearer {self._peer_token}"
+        while not self._stopping:
+            if target.is_self:
+                log.warning("event=dial_stopped peer=%s reason=self_connection", target.url)
+                return
+            if target.replica_id is not None:
+                await self._wait_unconnected(target.replica_id)
+                if self._stopping:
+                    return
+            target.attempts += 1
+            target.next_attempt = None
+            try:
+                ws = await connect(
+                    target.connect_url,
+                    additional_headers=headers,
+                    ssl=self._client_ssl(target),
+                    max_size=self.limits.max_frame_size,
+                    compression=None,
+                    open_timeout=10,
+                    ping_interval=self.ping_interval,
+                    close_timeout=self.close_timeout,
+                    create_connection=_ClientConnection,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                target.last_error = f"{type(error).__name__}: {error}"
+                delay = backoff.next_delay()
+                target.next_attempt = time.time() + delay
+                log.debug("event=dial_failed peer=%s error=%s retry_in=%.2f", target.url, json.dumps(target.last_error), delay)
+                await asyncio.sleep(delay)
+                continue
+            target.last_error = None
+            code: int | None = None
+            try:
+                code = await self._serve_connection(ws, Role.DIALER, name=target.url, target=target)
+            except Exception:
+                log.exception("event=connection_failed peer=%s", target.url)
+            finally:
+                with suppress(Exception):
+                    await ws.close()
+            target.last_close_code = code
+            if self._stopping:
+                return
+            if code == DUPLICATE_CONNECTION:
+                delay = self.reconnect.initial
+            elif code is not None and closecodes.is_permanent(code):
+                delay = backoff.longest()
+                log.warning("event=dial_refused peer=%s code=%d retry_in=%.1f", target.url, code, delay)
+            else:
+                delay = backoff.next_delay()
+            target.next_attempt = time.time() + delay
+            await asyncio.sleep(delay)
+
+    async def _wait_unconnected(self, replica_id: str) -> None:
+        """Wait until no live connection leads to `replica_id` (the other side's dial won)."""
+        assert self._changed is not None
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._stopping
+                or not any(c.peer_replica_id == replica_id and not c.closing for c in self._connections)
+            )
+
+    async def _notify_changed(self) -> None:
+        """Wake dialers waiting for a connection to end."""
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+
+    # -- one connection -------------------------------------------------------------------
+
+    async def _serve_connection(
+        self,
+        ws: ServerConnection | ClientConnection,
+        role: Role,
+        *,
+        name: str,
+        read_only: bool = False,
+        expects_hello: bool = False,
+        target: DialTarget | None = None,
+    ) -> int | None:
+        """Run one connection to its end; return the close code it ended with."""
+        session = Session(
+            role,
+            room=self.room,
+            replica_id=self.replica_id,
+            capabilities=CAPABILITIES if self.use_digest else frozenset(),
+            peer_read_only=read_only,
+            max_message_size=self.limits.max_frame_size,
+        )
+        self._sequence += 1
+        origin = target.url if target is not None else f"yjs:{name}"
+        conn = PeerConnection(
+            ws, session, self.replica, self.limits,
+            name=name, origin=origin, sequence=self._sequence,
+            awareness_snapshot=self._awareness.encode_all, target=target,
+        )
+        if target is not None:
+            target.connection = conn
+        self._connections = (*self._connections, conn)
+        log.info("event=connected peer=%s direction=%s read_only=%s", name, "dial" if role is Role.DIALER else "accept", read_only)
+        release_timer: asyncio.TimerHandle | None = None
+        try:
+            state_vector = self.replica.state_vector()
+            digest = await self._digest() if self.use_digest and (target is not None or expects_hello) else None
+            opening = session.start(state_vector, digest=digest)
+            conn.start_state_vector, conn.start_digest = state_vector, digest
+            snapshot = self._awareness.encode_all()
+            if snapshot is not None:
+                opening.append(session.send_awareness(snapshot))
+            if expects_hello:
+                conn.hold_opening(opening)
+                release_timer = asyncio.get_running_loop().call_later(HELLO_WAIT, self._release_held, conn)
+            else:
+                conn.queue.put_front(opening)
+                conn.start_writer()
+            await self._read_loop(conn)
+        finally:
+            if release_timer is not None:
+                release_timer.cancel()
+            await self._forget(conn)
+        return conn.close_code
+
+    def _release_held(self, conn: PeerConnection) -> None:
+        """The announced hello did not come in time: send the opening frames anyway."""
+        if conn.holding and not conn.closing:
+            conn.release_opening()
+
+    async def _forget(self, conn: PeerConnection) -> None:
+        """Tear down a finished connection: unregister, stop its writer, drop its awareness."""
+        conn.closing = True
+        if conn.close_code is None:
+            received, sent = conn.ws.protocol.close_rcvd, conn.ws.protocol.close_sent
+            conn.close_code = received.code if received is not None else (sent.code if sent is not None else None)
+        self._connections = tuple(c for c in self._connections if c is not conn)
+        conn.session.close()
+        await conn.stop_writer()
+        for key, value in conn.counters.items():
+            self._totals[key] += value
+        target: DialTarget | None = conn.target
+        if target is not None:
+            target.connection = None
+            target.last_seen = conn.last_seen or target.last_seen
+            target.known_state = conn.known_peer_state()
+        removal = self._awareness.remove_via(conn.key)
+        if removal is not None:
+            self._broadcast_awareness(removal)
+        log.info("event=disconnected peer=%s replica=%s code=%s", conn.name, conn.peer_replica_id, conn.close_code)
+        await self._notify_changed()
+
+    async def _read_loop(self, conn: PeerConnection) -> None:
+        """Receive frames until the connection ends; once refused, drain (and drop) what still comes.
+
+        Draining matters: websockets stops reading the socket while received frames wait,
+        so a refusal that stopped consuming would never see the peer's close frame.
+        """
+        limiter = RateLimiter(self.limits)
+        try:
+            async for frame in conn.ws:
+                if conn.closing:
+                    continue
+                size = len(frame)
+                conn.counters["messages_in"] += 1
+                conn.counters["bytes_in"] += size
+                conn.last_seen = time.time()
+                broken = limiter.admit(size)
+                if broken is not None:
+                    self._reject(conn, closecodes.RATE_LIMITED, "rate_limited", f"over the {broken} limit")
+                    continue
+                for event in conn.session.receive(frame):
+                    if not self._on_event(conn, event):
+                        break
+        except ConnectionClosedError as error:
+            sent = error.sent
+            if sent is not None and sent.code == closecodes.FRAME_TOO_BIG and not conn.closing:
+                conn.close_code = sent.code
+                self._log_rejection(conn.name, "frame_too_big", sent.code, f"frame above {self.limits.max_frame_size} bytes")
+
+    def _on_event(self, conn: PeerConnection, event: Event) -> bool:
+        """Act on one Session event; False when the connection was closed because of it."""
+        if conn.holding and not isinstance(event, (HelloReceived, ProtocolViolation)):
+            conn.release_opening()
+        match event:
+            case ProtocolViolation(error=error, close_code=code):
+                self._reject(conn, code, _REASON_OF_CODE.get(code, "protocol_error"), str(error))
+                return False
+            case HelloReceived(hello=hello, reply_frame=reply):
+                return self._on_hello(conn, hello.replica_id, hello.digest, reply)
+            case StepOneReceived(state_vector=state_vector):
+                conn.step1_received += 1
+                conn.note_peer_state(decode_state_vector(state_vector))
+                empty = (
+                    conn.step1_received == 1
+                    and conn.peer_digest is not None
+                    and conn.start_digest is not None
+                    and hmac.compare_digest(conn.peer_digest, conn.start_digest)
+                )
+                if empty:
+                    self._totals["digest_matches"] += 1
+                conn.queue_step2(state_vector, empty=empty)
+            case StepTwoReceived(update=update):
+                conn.repair_requested = False
+                return self._apply(conn, update)
+            case UpdateReceived(update=update):
+                return self._apply(conn, update)
+            case Synced():
+                conn.synced_at = time.time()
+                target: DialTarget | None = conn.target
+                if target is not None and target.backoff is not None:
+                    target.backoff.reset()
+            case AwarenessReceived(payload=payload):
+                relay = self._awareness.apply(payload, via=conn.key)
+                if relay is not None:
+                    self._broadcast_awareness(relay, skip=conn)
+            case AwarenessQueried():
+                snapshot = self._awareness.encode_all()
+                if snapshot is not None:
+                    conn.queue_frame(conn.session.send_awareness(snapshot))
+            case PermissionDenied(reason=reason):
+                conn.counters["denied_by_peer"] += 1
+                log.info("event=denied_by_peer peer=%s reason=%s", conn.name, json.dumps(reason[:200]))
+            case UpdateRefused(reason=reason, reply_frame=reply):
+                conn.queue_frame(reply)
+                conn.read_only_strikes += 1
+                self._log_rejection(conn.name, "read_only_update", None, reason)
+                if conn.read_only_strikes >= self.limits.read_only_strikes:
+                    self._reject(conn, closecodes.FORBIDDEN, "read_only_writes",
+                                       f"{conn.read_only_strikes} refused writes")
+                    return False
+        return True
+
+    def _on_hello(self, conn: PeerConnection, replica_id: str, digest: bytes | None, reply: bytes | None) -> bool:
+        """Name the peer, answer its hello, and keep only one connection per pair of nodes."""
+        conn.peer_replica_id = replica_id
+        conn.peer_digest = digest
+        conn.origin = replica_id
+        target: DialTarget | None = conn.target
+        if target is not None:
+            target.replica_id = replica_id
+        if replica_id == self.replica_id:
+            if target is not None:
+                target.is_self = True
+            self._reject(conn, DUPLICATE_CONNECTION, "self_connection", "the peer is this node")
+            return False
+        if reply is not None:
+            if conn.holding:
+                conn.release_opening([reply])
+            else:
+                conn.queue_frame(reply, essential=True)
+        elif conn.holding:
+            conn.release_opening()
+        for other in self._connections:
+            if other is conn or other.closing or other.peer_replica_id != replica_id:
+                continue
+            if self._keep(conn, other) is other:
+                self._close(conn, DUPLICATE_CONNECTION, "duplicate")
+                return False
+            self._close(other, DUPLICATE_CONNECTION, "duplicate")
+        return True
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Run `coroutine` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _keep(self, a: PeerConnection, b: PeerConnection) -> PeerConnection:
+        """Of two connections to one node, the one both ends keep: dialed by the lower replica id.
+
+        If both were dialed by the same node, keep the newer (the older is likely dead).
+        """
+        low = min(self.replica_id, a.peer_replica_id or "")
+        a_wins = (self.replica_id if a.role is Role.DIALER else a.peer_replica_id) == low
+        b_wins = (self.replica_id if b.role is Role.DIALER else b.peer_replica_id) == low
+        if a_wins != b_wins:
+            return a if a_wins else b
+        return a if a.sequence > b.sequence else b
+
+    def _apply(self, conn: PeerConnection, update: bytes) -> bool:
+        """Apply a peer's update with the peer as origin; refuse bad bytes with 4400.
+
+        Updates up to INTEGRITY_CHECK_BYTES are cut to the part that integrates at once
+        (`transport.updates.integrable_part`); the rest is asked for again (`_defer`).
+        """
+        before = self.replica.state_vector()
+        problem = None
+        if len(update) <= INTEGRITY_CHECK_BYTES:
+            try:
+                update, problem = integrable_part(update, decode_state_vector(before))
+            except UpdateFormatError:
+                problem = None
+        try:
+            changed = self.replica.apply_update(update, origin=conn.origin)
+        except InvalidUpdateError as error:
+            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", str(error))
+            return False
+        except ClosedError:
+            self._close(conn, closecodes.GOING_AWAY, "replica closed")
+            return False
+        except ReplicaError:
+            log.exception("event=apply_failed peer=%s", conn.name)
+            self._close(conn, closecodes.INTERNAL_ERROR, "apply failed")
+            return False
+        except BaseException as error:
+            if not _is_panic(error):
+                raise
+            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"pycrdt panicked: {error}")
+            return False
+        conn.counters["updates_applied" if changed else "updates_redundant"] += 1
+        if changed:
+            conn.note_received(before, self.replica.state_vector())
+        if problem is not None:
+            self._defer(conn, problem)
+        return True
+
+    def _defer(self, conn: PeerConnection, problem: str) -> None:
+        """Part of an update could not integrate yet: ask the peer for everything we lack.
+
+        Before the peer's first step 2 nothing is asked: that step 2 is computed after the
+        update was written, so it carries it. At most one such step 1 is outstanding.
+        """
+        conn.counters["updates_deferred"] += 1
+        log.info("event=deferred peer=%s reason=%s", conn.name, json.dumps(problem[:200]))
+        if conn.synced_at is not None and not conn.repair_requested:
+            conn.repair_requested = True
+            conn.counters["repairs_requested"] += 1
+            conn.queue_frame(conn.session.send_step1(self.replica.state_vector()))
+
+    def _reject(self, conn: PeerConnection, code: int, reason: str, detail: str) -> None:
+        """Refuse a peer's input: one log line, one count, close with `code`."""
+        if conn.closing:
+            return
+        self._log_rejection(conn.name, reason, code, detail)
+        self._close(conn, code, reason)
+
+    def _close(self, conn: PeerConnection, code: int, why: str) -> None:
+        """Start closing a connection with `code` (once); its read loop drains until the end."""
+        if conn.closing:
+            return
+        conn.closing = True
+        conn.close_code = code
+        if why == "duplicate":
+            log.info("event=duplicate_closed peer=%s replica=%s code=%d", conn.name, conn.peer_replica_id, code)
+            self._totals["duplicates_closed"] += 1
+        self._spawn(conn.ws.close(code, _close_reason(code)))
+
+    def _log_rejection(self, peer: str, reason: str, code: int | None, detail: str) -> None:
+        """The one structured line and the counter every rejected input gets."""
+        self._rejections[reason] += 1
+        log.warning(
+            "event=rejected reason=%s peer=%s code=%s detail=%s",
+            reason, peer, code if code is not None else "-", json.dumps(detail[:300]),
+        )
+
+    # -- relaying -------------------------------------------------------------------------
+
+    def _on_replica_update(self, update: bytes, origin: str | None) -> None:
+        """Replica listener (any thread): queue the change for every peer but its origin."""
+        self._generation += 1
+        for conn in self._connections:
+            if conn.origin != origin and not conn.closing:
+                conn.queue_update(update)
+
+    def _broadcast_awareness(self, payload: bytes, skip: PeerConnection | None = None) -> None:
+        """Queue an awareness update for every connection except `skip`."""
+        for conn in self._connections:
+            if conn is skip or conn.closing:
+                continue
+            with suppress(SessionUsageError):
+                conn.queue_frame(conn.session.send_awareness(payload))
+
+    async def _awareness_loop(self) -> None:
+        """Renew our awareness state and expire silent ones, every `awareness_interval` seconds."""
+        while True:
+            await asyncio.sleep(self.awareness_interval)
+            self._awareness.expire()
+            renewal = self._awareness.renew_local()
+            if renewal is not None:
+                self._broadcast_awareness(renewal)
+
+    async def _digest(self) -> bytes | None:
+        """Digest of the current state (cached until the next change), computed off the loop."""
+        generation = self._generation
+        cached = self._digest_cache
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        try:
+            digest = await asyncio.to_thread(self._compute_digest)
+        except UpdateFormatError as error:
+            log.warning("event=digest_unavailable error=%s", json.dumps(str(error)))
+            return None
+        self._digest_cache = (generation, digest)
+        return digest
+
+    def _compute_digest(self) -> bytes:
+        """Hash of the state vector and the delete set (see transport.updates.state_digest)."""
+        state_vector = self.replica.state_vector()
+        return state_digest(state_vector, self.replica.diff(state_vector))
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Peers (connected or not, last seen, how far behind), who is online, rejections, traffic."""
+        ours = decode_state_vector(self.replica.state_vector())
+        peers: list[dict[str, Any]] = []
+        totals = Counter(self._totals)
+        for conn in self._connections:
+            view = conn.describe(ours)
+            target: DialTarget | None = conn.target
+            view.update(connected=True, url=target.url if target is not None else None, remote=conn.name)
+            peers.append(view)
+            for key, value in conn.counters.items():
+                totals[key] += value
+        for target in self._targets:
+            if target.connection is not None:
+                continue
+            peers.append({
+                "name": target.url,
+                "url": target.url,
+                "direction": "dial",
+                "replica_id": target.replica_id,
+                "connected": False,
+                "last_seen": _iso(target.last_seen),
+                "behind": missing_from(ours, target.known_state) if target.known_state is not None else None,
+                "attempts": target.attempts,
+                "last_error": target.last_error,
+                "last_close_code": target.last_close_code,
+                "next_attempt": _iso(target.next_attempt),
+                "self": target.is_self,
+            })
+        return {
+            "replica_id": self.replica_id,
+            "room": self.room,
+            "listening": self.url,
+            "tls": self._certfile is not None,
+            "token_required": self._auth.required,
+            "peers": peers,
+            "online": self._awareness.online(),
+            "rejections": dict(self._rejections),
+            "totals": {
+                "bytes_in": totals["bytes_in"],
+                "bytes_out": totals["bytes_out"],
+                "messages_in": totals["messages_in"],
+                "messages_out": totals["messages_out"],
+                "resyncs": totals["resyncs"],
+                "digest_matches": totals["digest_matches"],
+                "duplicates_closed": totals["duplicates_closed"],
+                "split_updates": totals["split_updates"],
+            },
+        }
