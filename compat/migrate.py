@@ -35,9 +35,9 @@ from compat.checksums import compute_checksum
 from compat.errors import NotFoundError
 from compat.graph_wal import GraphWALEntry, WALEntry, apply_graph_entry
 from compat.thought_graph import EdgeType, NodeType, ThoughtCluster, ThoughtEdge, ThoughtGraph, ThoughtNode
-from compat.versioned_store import META_KEY, ReplicaEntities, entities_for, entity_class
+from compat.versioned_store import META_KEY, ReplicaEntities, entities_for, entity_class, stored_checksum
 from replica import Replica
-from replica.models import check_id, check_json
+from replica.models import check_id, check_json, from_doc_number
 
 EVENTS_COLLECTION = "got_events"
 WAL_COLLECTION = "got_wal"
@@ -93,7 +93,8 @@ class MigrationReport:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    """Equal as the replica stores them (integral numbers compare as ints)."""
+    return json.dumps(from_doc_number(a), sort_keys=True) == json.dumps(from_doc_number(b), sort_keys=True)
 
 
 def _lines(path: Path) -> Iterator[Tuple[int, str]]:
@@ -271,26 +272,27 @@ class _Migration:
         old_version: int,
     ) -> None:
         entities = self.entities
-        known = {
-            compute_checksum({k: v for k, v in w.data.items() if k != META_KEY})
-            for w in entities.records.history(entity_id)
-            if w.data is not None
-        }
+        known = set()
+        for write in entities.records.history(entity_id):
+            if write.data is not None:
+                meta = write.data.get(META_KEY)
+                source = meta.get("source") if isinstance(meta, dict) else None
+                if isinstance(source, dict):
+                    known.add((source.get("file"), source.get("line"), meta.get("checksum")))
         added = False
         for version, data, source in states:
-            digest = compute_checksum(data)
-            if digest in known:
+            key = (source["file"], source["line"], stored_checksum(data))
+            if key in known:
                 self.report.count("history_states", False)
                 continue
             entities.put_raw(entity_id, data, version=version, source=source)
-            known.add(digest)
+            known.add(key)
             added = True
             self.report.count("history_states", True)
         last = states[-1][0] if states else None
         if current is not None:
             data, written_at = current
-            digest = compute_checksum(data)
-            if digest in known:
+            if (f"entities/{entity_id}.json", None, stored_checksum(data)) in known:
                 self.report.count("entities", False)
                 return
             stamp = last + 1 if last is not None else old_version

@@ -7,7 +7,8 @@ store. What recovery still does, in the old order:
    reached the replica before the crash gets its TX_COMMIT; the others get TX_ROLLBACK
    "crash_recovery" (nothing of theirs is in the store);
 2. find orphans: entities that no WRITE or ADOPTED line of ``current.wal`` names (written
-   outside a transaction, or arrived from a peer), and adopt them;
+   outside a transaction, or arrived from a peer), and adopt them; a corrupt orphan is
+   deleted, unless another replica wrote it (a delete would replicate to every peer);
 3. verify every entity record (checksum, type, class) and count corrupt WAL lines.
 """
 
@@ -174,6 +175,13 @@ class RecoveryManager:
                     try:
                         self.store._read_and_verify(entity_id)
                     except (CorruptionError, ValueError) as exc:
+                        writers = self._foreign_writers(entity_id)
+                        if writers:
+                            result.errors.append(
+                                f"Corrupted orphan {entity_id} came from {', '.join(writers)}; left in place "
+                                f"(a delete would replicate to every peer): {exc}"
+                            )
+                            continue
                         self._drop(entity_id)
                         result.errors.append(f"Deleted corrupted orphan {entity_id}: {exc}")
                     else:
@@ -187,6 +195,11 @@ class RecoveryManager:
             result.repaired_count += 1
             result.repaired_entities.append(entity_id)
         return result
+
+    def _foreign_writers(self, entity_id: str) -> List[str]:
+        """Other replicas that wrote this entity (their data is never deleted behind their back)."""
+        mine = self.store.replica.replica_id
+        return sorted({w.writer.rsplit(".", 1)[0] for w in self.store.entities.records.history(entity_id)} - {mine})
 
     def _adopt(self, entity_id: str) -> None:
         record = {"op": "ADOPTED", "entity_id": entity_id, "reason": "orphan_recovery", "timestamp": time.time()}

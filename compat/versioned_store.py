@@ -42,7 +42,7 @@ from compat.types import (
     utc_now_iso,
 )
 from replica import Durability, Replica
-from replica.models import check_id, check_json
+from replica.models import check_id, check_json, from_doc_number
 from replica.records import Clock, FieldConflict, Records, WriteRecord, join
 
 ENTITIES_COLLECTION = "got_entities"
@@ -249,6 +249,23 @@ class _Prepared:
     checksum: str
 
 
+def _restore_floats(entity: Entity) -> Entity:
+    """Give float fields back their type (Yjs returns an integral double such as 1.0 as int)."""
+    for spec in fields(entity):
+        value = getattr(entity, spec.name)
+        if spec.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
+            setattr(entity, spec.name, float(value))
+    return entity
+
+
+def stored_checksum(data: Mapping[str, Any]) -> str:
+    """The checksum of ``data`` as the replica will give it back.
+
+    Yjs keeps every number as a double and reads give integral ones back as int, so the
+    canonical form is taken over that normalised data (``1.0`` and ``1`` checksum alike)."""
+    return compute_checksum(from_doc_number(dict(data)))
+
+
 def _strip(raw: Mapping[str, Any]) -> Dict[str, Any]:
     return {key: value for key, value in raw.items() if key != META_KEY}
 
@@ -341,7 +358,7 @@ class ReplicaEntities:
             )
         cls = entity_class(data.get("entity_type"), entity_id)
         try:
-            return cls.from_dict(data)
+            return _restore_floats(cls.from_dict(data))
         except (GoTError, KeyError, TypeError, ValueError) as exc:
             raise CorruptionError(
                 f"Entity {entity_id} does not build a {cls.__name__}: {exc}",
@@ -373,7 +390,7 @@ class ReplicaEntities:
         """The entity as of global ``version`` (the old store's rules, history from write records).
 
         At or above the current version: the current entity. Otherwise the data of the last
-        write stamped at or below ``version``; with none, an entity written only once is
+        write (in history order) stamped at or below ``version``; with none, an entity written only once is
         visible at any version >= 1 (the old quirk), anything else is None."""
         if version >= self.current_version():
             return self.read(entity_id)
@@ -385,7 +402,7 @@ class ReplicaEntities:
         writes = [w for w in self.records.history(entity_id) if w.version is not None]
         older = [w for w in writes if w.version is not None and w.version <= version]
         if older:
-            last = max(enumerate(older), key=lambda pair: (pair[1].version, pair[0]))[1]
+            last = older[-1]
             return None if last.data is None else self.build(entity_id, last.data)
         if len(writes) <= 1 and raw is not None and version >= 1:
             return self.build(entity_id, raw, merged=True)
@@ -435,13 +452,14 @@ class ReplicaEntities:
 
     def verify_all(self) -> List[str]:
         """Ids of stored entities that fail verification (checksum, type or build)."""
-        bad = []
-        for entity_id, raw in self.records.all().items():
+        stored = self.records.all()
+        bad = [entity_id for entity_id in self.records.ids() if entity_id not in stored]
+        for entity_id, raw in stored.items():
             try:
                 self.build(entity_id, raw, merged=True)
             except (CorruptionError, ValueError):
                 bad.append(entity_id)
-        return bad
+        return sorted(bad)
 
     def written_by(self, entity_id: str, tx_id: str) -> Optional[int]:
         """The global version at which transaction ``tx_id`` wrote the entity, or None if it never did."""
@@ -473,7 +491,7 @@ class ReplicaEntities:
                 entity_type=entity.entity_type,
                 errors=[str(exc)],
             ) from None
-        return _Prepared(entity, bumped, data, compute_checksum(data))
+        return _Prepared(entity, bumped, data, stored_checksum(data))
 
     def put_batch(
         self,
@@ -514,7 +532,7 @@ class ReplicaEntities:
     def put_raw(self, entity_id: str, data: Dict[str, Any], *, version: int, source: Optional[Dict[str, Any]] = None) -> None:
         """Store ``data`` exactly as given (migration), checksummed, stamped with ``version``."""
         body = dict(data)
-        meta: Dict[str, Any] = {"checksum": compute_checksum(data), "tx": None, "gv": version, "written_at": utc_now_iso()}
+        meta: Dict[str, Any] = {"checksum": stored_checksum(data), "tx": None, "gv": version, "written_at": utc_now_iso()}
         if source:
             meta["source"] = source
         body[META_KEY] = meta
@@ -717,8 +735,8 @@ class VersionedStore:
         if raw is None:
             raise FileNotFoundError(f"no entity {entity_id} in {self.entities.where(entity_id)}")
         entity = self.entities.build(entity_id, raw, merged=True)
-        meta = _meta(raw)
-        return {"_checksum": meta.get("checksum"), "_written_at": meta.get("written_at"), "data": entity.to_dict()}
+        data = entity.to_dict()
+        return {"_checksum": compute_checksum(data), "_written_at": _meta(raw).get("written_at"), "data": data}
 
     # ------------------------------------------------------------------- writing
 
@@ -773,4 +791,5 @@ __all__ = [
     "VERSION_COUNTER",
     "META_KEY",
     "IGNORED_FIELDS",
+    "stored_checksum",
 ]

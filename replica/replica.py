@@ -298,6 +298,10 @@ class Replica:
                     self.doc.apply_update(bytes(update))
             except ValueError as exc:
                 raise InvalidUpdateError(f"not a valid Yjs update: {exc}") from exc
+            except BaseException as exc:
+                if type(exc).__name__ != "PanicException":
+                    raise
+                raise InvalidUpdateError(f"pycrdt could not integrate the update: {exc}") from None
             changed = self._changed
             if changed:
                 self.graph.sweep()

@@ -41,7 +41,7 @@ def _render_peers(console: Console, data: Any) -> None:
     for column in ("peer", "replica", "state", "last seen", "behind"):
         table.add_column(column)
     for peer in peers:
-        table.add_row(str(peer.get("url") or peer.get("address") or ""), str(peer.get("replica_id") or ""),
+        table.add_row(str(peer.get("url") or peer.get("remote") or ""), str(peer.get("replica_id") or ""),
                       "connected" if peer.get("connected") else "disconnected",
                       str(peer.get("last_seen") or ""), str(peer.get("behind", "")))
     console.print(table)
@@ -50,7 +50,7 @@ def _render_peers(console: Console, data: Any) -> None:
         console.print("online: " + ", ".join(
             f"{a.get('name') or a.get('replica_id') or a.get('client_id')}"
             + (f" ({a['working_on']})" if a.get("working_on") else "") for a in online if isinstance(a, dict)))
-    rejected = data.get("rejected") or {}
+    rejected = data.get("rejections") or {}
     if rejected:
         console.print("rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())))
 

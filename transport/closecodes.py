@@ -40,6 +40,9 @@ ROOM_MISMATCH = 4404
 FRAME_TOO_BIG = 4413
 """A frame exceeded the size limit; permanent, unlike 1009, so the peer does not loop."""
 
+DUPLICATE_CONNECTION = 4409
+"""This pair of nodes already has a connection (or the peer is this node); the loser redials later."""
+
 UNSUPPORTED_VERSION = 4426
 """The peer's hello announces a protocol version this node does not speak."""
 
@@ -60,6 +63,7 @@ REASONS: dict[int, str] = {
     UNAUTHORIZED: "unauthorized",
     FORBIDDEN: "forbidden",
     ROOM_MISMATCH: "room mismatch",
+    DUPLICATE_CONNECTION: "duplicate connection",
     FRAME_TOO_BIG: "frame too big",
     UNSUPPORTED_VERSION: "unsupported protocol version",
     RATE_LIMITED: "rate limited",

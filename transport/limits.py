@@ -45,6 +45,9 @@ class Limits:
     """Refused writes from a read-only peer before it is closed with 4403."""
     max_awareness_states: int = 10000
     """Awareness client ids remembered; updates about more are ignored."""
+    integrity_check_bytes: int = 1 * MiB
+    """Received updates up to this size are cut to what integrates at once (no pending
+    structs); about 45 us for a typical 200-byte update. 0 turns the check off."""
 
     def __post_init__(self) -> None:
         if self.max_frame_size < 1024:
@@ -53,6 +56,8 @@ class Limits:
                      "read_only_strikes", "max_awareness_states"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.integrity_check_bytes < 0:
+            raise ValueError("integrity_check_bytes must not be negative")
         for name in ("messages_per_second", "message_burst", "bytes_per_second"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -57,7 +57,6 @@ from transport.updates import UpdateFormatError, integrable_part, state_digest
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_CONNECTION = 4409
 """Close code for the redundant one of two connections between the same nodes (or to itself)."""
 
 HELLO_HEADER = "X-Agentstate-Hello"
@@ -68,10 +67,6 @@ CAPABILITIES = frozenset({"digest"})
 
 HELLO_WAIT = 2.0
 """Seconds a listener holds its opening frames for an announced hello before sending anyway."""
-
-INTEGRITY_CHECK_BYTES = 1024 * 1024
-"""Updates up to this size are checked to integrate completely before they are applied;
-bigger ones (catch-ups) are applied as they are, the check being pure Python."""
 
 SHUTDOWN_DRAIN = 2.0
 """Seconds stop() waits for send queues to empty before closing sockets."""
@@ -89,7 +84,7 @@ _REASON_OF_CODE = {
 
 def _close_reason(code: int) -> str:
     """The short phrase sent in a close frame."""
-    if code == DUPLICATE_CONNECTION:
+    if code == closecodes.DUPLICATE_CONNECTION:
         return "duplicate connection"
     return closecodes.REASONS.get(code, "closing")
 
@@ -476,7 +471,7 @@ class Mesh:
             target.last_close_code = code
             if self._stopping:
                 return
-            if code == DUPLICATE_CONNECTION:
+            if code == closecodes.DUPLICATE_CONNECTION:
                 delay = self.reconnect.initial
             elif code is not None and closecodes.is_permanent(code):
                 delay = backoff.longest()
@@ -674,7 +669,7 @@ class Mesh:
         if replica_id == self.replica_id:
             if target is not None:
                 target.is_self = True
-            self._reject(conn, DUPLICATE_CONNECTION, "self_connection", "the peer is this node")
+            self._reject(conn, closecodes.DUPLICATE_CONNECTION, "self_connection", "the peer is this node")
             return False
         if reply is not None:
             if conn.holding:
@@ -687,9 +682,9 @@ class Mesh:
             if other is conn or other.closing or other.peer_replica_id != replica_id:
                 continue
             if self._keep(conn, other) is other:
-                self._close(conn, DUPLICATE_CONNECTION, "duplicate")
+                self._close(conn, closecodes.DUPLICATE_CONNECTION, "duplicate")
                 return False
-            self._close(other, DUPLICATE_CONNECTION, "duplicate")
+            self._close(other, closecodes.DUPLICATE_CONNECTION, "duplicate")
         return True
 
     def _spawn(self, coroutine: Any) -> None:
@@ -713,12 +708,12 @@ class Mesh:
     def _apply(self, conn: PeerConnection, update: bytes) -> bool:
         """Apply a peer's update with the peer as origin; refuse bad bytes with 4400.
 
-        Updates up to INTEGRITY_CHECK_BYTES are cut to the part that integrates at once
-        (`transport.updates.integrable_part`); the rest is asked for again (`_defer`).
+        Updates up to `limits.integrity_check_bytes` are cut to the part that integrates at
+        once (`transport.updates.integrable_part`); the rest is asked for again (`_defer`).
         """
         before = self.replica.state_vector()
         problem = None
-        if len(update) <= INTEGRITY_CHECK_BYTES:
+        if len(update) <= self.limits.integrity_check_bytes:
             try:
                 update, problem = integrable_part(update, decode_state_vector(before))
             except UpdateFormatError:

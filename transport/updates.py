@@ -1,11 +1,12 @@
-"""Yjs v1 update surgery the mesh needs: split an update under a size limit, digest a state.
+"""Yjs v1 update surgery the mesh needs: split an update, keep what integrates, digest a state.
 
-pycrdt can only produce suffixes of a document's history (`get_update(state_vector)`), so
-an update too big for one frame is cut here at struct boundaries. Each piece is a valid
-update on its own: a struct that arrives before the structs it depends on waits in the
-receiving Doc (Yjs "pending" structs) until they come, so applying the pieces in any
-order converges to the same state as applying the whole. Struct contents are skipped,
-never interpreted; any byte layout not recognised raises `UpdateFormatError`.
+pycrdt can only produce suffixes of a document's history (`get_update(state_vector)`),
+so an update too big for one frame is cut here at struct boundaries, in causal order:
+applied in the order given, every piece integrates completely. `integrable_part` keeps
+the part of a received update that integrates at once, so that nothing stays pending
+in the Doc. `state_digest` names a document state for the cheap reconnect. Struct
+contents are skipped, never interpreted; a byte layout not recognised raises
+`UpdateFormatError`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from transport.wire import encode_varuint
 
 MAX_ANY_DEPTH = 256
 """Nesting depth of lib0 `Any` values accepted while skipping content."""
-
-DIGEST_SIZE = 32
-"""Bytes of a state digest (SHA-256)."""
 
 _DIGEST_DOMAIN = b"agentstate state digest v1\x00"
 

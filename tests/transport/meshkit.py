@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from pycrdt import Map
+from pycrdt import Doc, Map
 from websockets.asyncio.client import ClientConnection, connect
 
 from replica.replica import Replica
@@ -63,11 +63,21 @@ def converged(*replicas: Replica) -> bool:
     would pass the first test with different contents.
     """
     first = fingerprint(replicas[0])
-    tasks = replicas[0].doc.get("tasks", type=Map).to_py()
+    tasks = snapshot(replicas[0]).get("tasks", type=Map).to_py()
     return all(
-        fingerprint(replica) == first and replica.doc.get("tasks", type=Map).to_py() == tasks
+        fingerprint(replica) == first and snapshot(replica).get("tasks", type=Map).to_py() == tasks
         for replica in replicas[1:]
     )
+
+
+def snapshot(replica: Replica) -> Doc:
+    """A private copy of a replica's document, taken through its (locked) sync surface.
+
+    Reading `replica.doc` directly from the test would race the mesh's worker threads.
+    """
+    doc: Doc = Doc()
+    doc.apply_update(replica.diff())
+    return doc
 
 
 async def wait_converged(*replicas: Replica, timeout: float = 10.0) -> None:

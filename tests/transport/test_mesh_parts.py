@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from transport.auth import TokenAuth, check_listen_safety, is_loopback, token_from_request, InsecureListenError
+from transport.auth import InsecureListenError, TokenAuth, check_listen_safety, is_loopback, token_from_request
 from transport.awareness import OUTDATED_TIMEOUT, AwarenessTable
 from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy, TokenBucket
 from transport.messages import AwarenessEntry, decode_awareness_update, encode_awareness_update
@@ -74,6 +74,9 @@ def test_limits_validate() -> None:
         Limits(max_frame_size=10)
     with pytest.raises(ValueError):
         Limits(send_queue_bytes=0)
+    with pytest.raises(ValueError):
+        Limits(integrity_check_bytes=-1)
+    assert Limits(integrity_check_bytes=0).integrity_check_bytes == 0
     assert Limits(max_frame_size=4096).effective_byte_burst >= 4 * 4096
 
 

@@ -33,6 +33,7 @@ from tests.transport.meshkit import (
     raw_client,
     receive_message,
     running,
+    snapshot,
     wait_converged,
 )
 
@@ -112,7 +113,7 @@ async def test_read_only_token_updates_are_refused_and_never_applied(caplog: pyt
         await client.send(encode(SyncUpdate(foreign_update())))
         assert await close_code_of(client) == closecodes.FORBIDDEN
         assert fingerprint(a) == before
-        assert "foreign" not in a.doc.get("notes", type=Map)
+        assert "foreign" not in snapshot(a).get("notes", type=Map)
         rejections = node.status()["rejections"]
         assert rejections["read_only_update"] == 3 and rejections["read_only_writes"] == 1
         assert len(rejection_lines(caplog, "read_only_update")) == 3
@@ -272,9 +273,9 @@ async def test_structs_from_the_future_are_held_back_and_repaired() -> None:
         await eventually(lambda: node.connections()[0].synced_at is not None, what="synced")
         await client.send(encode(SyncUpdate(updates[1])))
         repair = await receive_message(client, SyncStep1)
-        assert "second" not in a.doc.get("notes", type=Map), "a struct from the future is not applied"
+        assert "second" not in snapshot(a).get("notes", type=Map), "a struct from the future is not applied"
         await client.send(encode(SyncStep2(doc.get_update(repair.state_vector))))
-        await eventually(lambda: a.doc.get("notes", type=Map).to_py() == {"first": "1", "second": "2"},
+        await eventually(lambda: snapshot(a).get("notes", type=Map).to_py() == {"first": "1", "second": "2"},
                          what="repaired by the client's step 2")
         assert node.connections()[0].counters["updates_deferred"] == 1
         assert node.status()["rejections"] == {}
@@ -304,4 +305,4 @@ async def test_a_forged_future_struct_cannot_hit_the_servers_own_later_writes() 
             for index in range(3):
                 a.tasks.create(f"own write {index}")
             await wait_converged(a, b)
-            assert "further" not in a.doc.get("notes", type=Map)
+            assert "further" not in snapshot(a).get("notes", type=Map)

@@ -32,6 +32,7 @@ from tests.transport.meshkit import (
     raw_client,
     receive_message,
     running,
+    snapshot,
     wait_converged,
 )
 
@@ -216,7 +217,7 @@ async def test_plain_yjs_client_is_served_like_y_websocket() -> None:
             before = doc.get_state()
             doc.get("notes", type=Map)["from-yjs"] = "hello"
             await client.send(encode(SyncUpdate(doc.get_update(before))))
-            await eventually(lambda: "from-yjs" in b.doc.get("notes", type=Map), what="relay to b")
+            await eventually(lambda: "from-yjs" in snapshot(b).get("notes", type=Map), what="relay to b")
             await client.send(encode(Awareness(encode_awareness_update([AwarenessEntry(77, 1, {"user": "zoë"})]))))
             await eventually(lambda: any(s["state"] == {"user": "zoë"} for s in node_b.online()),
                              what="client awareness relayed to b")
