@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
-from compat.checksums import compute_checksum
+from compat.checksums import DEFAULT_TRUNCATE, canonical_bytes, compute_checksum
 from compat.config import DurabilityMode
 from compat.locking import ProcessLock
 from compat.wal import (
@@ -130,9 +130,50 @@ class _ScanCache:
 _SCANS: Dict[Path, _ScanCache] = {}
 _SCANS_LOCK = threading.Lock()
 
+SCAN_CACHE_NAME = "_scan_cache.json"
+"""File beside ``current.wal`` keeping the last scan, so a new process resumes it."""
+
+
+def _load_cache(path: Path) -> Optional[_ScanCache]:
+    try:
+        raw = json.loads((path.parent / SCAN_CACHE_NAME).read_text(encoding="utf-8"))
+        scan = WalScan(
+            open_txs={str(tx["tx_id"]): dict(tx) for tx in raw["open_txs"]},
+            tx_writes={str(k): [str(i) for i in v] for k, v in raw["tx_writes"].items()},
+            known_ids={str(i) for i in raw["known_ids"]},
+            corrupt=int(raw["corrupt"]),
+            max_seq=int(raw["max_seq"]),
+        )
+        return _ScanCache(int(raw["offset"]), bytes.fromhex(raw["digest"]), scan)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _save_cache(path: Path, cache: _ScanCache) -> None:
+    scan = cache.scan
+    body = {
+        "offset": cache.offset,
+        "digest": cache.digest.hex(),
+        "open_txs": list(scan.open_txs.values()),
+        "tx_writes": scan.tx_writes,
+        "known_ids": sorted(scan.known_ids),
+        "corrupt": scan.corrupt,
+        "max_seq": scan.max_seq,
+    }
+    target = path.parent / SCAN_CACHE_NAME
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
 
 def scan_wal(wal_file: Union[str, Path]) -> WalScan:
-    """Scan ``wal_file`` (a missing file scans empty), reusing the previous scan of an unchanged prefix."""
+    """Scan ``wal_file`` (a missing file scans empty), resuming the previous scan of an unchanged prefix.
+
+    The previous scan comes from memory, or from ``_scan_cache.json`` (written after each
+    scan that read new lines). A prefix that changed in any byte is scanned again."""
     path = Path(wal_file).resolve()
     try:
         content = path.read_bytes()
@@ -141,14 +182,21 @@ def scan_wal(wal_file: Union[str, Path]) -> WalScan:
     end = content.rfind(b"\n") + 1
     with _SCANS_LOCK:
         cached = _SCANS.get(path)
-    start, scan = 0, WalScan()
+    if cached is None:
+        cached = _load_cache(path)
+    start, scan, hasher = 0, WalScan(), hashlib.sha256()
     if cached is not None and cached.offset <= end:
-        if hashlib.sha256(content[: cached.offset]).digest() == cached.digest:
-            start, scan = cached.offset, cached.scan.copy()
+        prefix = hashlib.sha256(content[: cached.offset])
+        if prefix.digest() == cached.digest:
+            start, scan, hasher = cached.offset, cached.scan.copy(), prefix
     for line in content[start:end].decode("utf-8", errors="replace").splitlines():
         scan.feed(line)
+    hasher.update(content[start:end])
+    fresh = _ScanCache(end, hasher.digest(), scan.copy())
     with _SCANS_LOCK:
-        _SCANS[path] = _ScanCache(end, hashlib.sha256(content[:end]).digest(), scan.copy())
+        _SCANS[path] = fresh
+    if end != start:
+        _save_cache(path, fresh)
     tail = content[end:]
     if tail.strip():
         scan.feed(tail.decode("utf-8", errors="replace"))
@@ -206,10 +254,10 @@ class _WalFile:
         """Append one entry with the next sequence number and return it."""
         with self.lock:
             self.sequence += 1
-            entry = TransactionWALEntry(
-                operation=operation, timestamp=utc_now_iso(), payload=data, seq=self.sequence, tx_id=tx_id
-            )
-            self._open().write((json.dumps(entry.to_dict(), separators=(",", ":")) + "\n").encode("utf-8"))
+            body = {"seq": self.sequence, "ts": utc_now_iso(), "tx": tx_id, "op": operation, "data": data}
+            canonical = canonical_bytes(body)
+            checksum = hashlib.sha256(canonical).hexdigest()[:DEFAULT_TRUNCATE]
+            self._open().write(canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n')
             return self.sequence
 
     def next_seq(self) -> int:
@@ -295,6 +343,12 @@ class ManagedWAL(WALManager):
         super().__init__(wal_dir, durability)
         self._shared = _join(self)
         self._finalizer = weakref.finalize(self, _leave, self._shared)
+
+    def _last_logged_seq(self) -> int:
+        """The shared sequence when this process already has the WAL open (no tail scan then)."""
+        with _FILES_LOCK:
+            shared = _FILES.get(self.wal_dir.resolve())
+        return shared.sequence if shared is not None else super()._last_logged_seq()
 
     def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
         """Append one entry (no fsync) and return its sequence number."""

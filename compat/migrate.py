@@ -44,7 +44,9 @@ WAL_COLLECTION = "got_wal"
 GRAPH_WAL_COLLECTION = "got_graph_wal"
 FILES_COLLECTION = "got_files"
 
-OWN_FILES = frozenset({"replica.json", "LOCK", "log", "daemon.json", "agentstate.json", "guard_snapshots.jsonl"})
+OWN_FILES = frozenset(
+    {"replica.json", "LOCK", "log", "daemon.json", "agentstate.json", "guard_snapshots.jsonl", ".compat-verified.json"}
+)
 """Entries agentstate itself keeps in a directory (when migrating a directory in place)."""
 
 

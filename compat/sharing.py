@@ -16,12 +16,13 @@ services (found through the ``agentstate.services`` entry points) run beside it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from compat.config import DurabilityMode
 from compat.errors import GoTError, SyncError, ValidationError
@@ -37,6 +38,7 @@ ENV_TOKEN = "AGENTSTATE_TOKEN"
 ENV_ROOM = "AGENTSTATE_ROOM"
 
 PathLike = Union[str, Path]
+log = logging.getLogger(__name__)
 
 
 class DirectoryLockedError(GoTError, RuntimeError):
@@ -130,6 +132,12 @@ class SharedReplica:
     network: Dict[str, Any] = field(default_factory=dict)
     services: Optional[BackgroundServices] = None
     commit_lock: threading.RLock = field(default_factory=threading.RLock)
+    closing_hooks: List[Callable[[], None]] = field(default_factory=list)
+
+    def add_closing_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` just before the replica closes (once, however often it is added)."""
+        if hook not in self.closing_hooks:
+            self.closing_hooks.append(hook)
 
     def start_network(self, options: Dict[str, Any]) -> None:
         """Run the replica's network services with ``options``; SyncError when none accepts them."""
@@ -220,6 +228,11 @@ def release(shared: SharedReplica) -> None:
         if _REGISTRY.get(shared.path) is shared:
             del _REGISTRY[shared.path]
     shared.stop_network()
+    for hook in shared.closing_hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("a closing hook of %s failed", shared.path)
     shared.replica.close()
 
 

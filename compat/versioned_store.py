@@ -17,12 +17,14 @@ transaction cannot be rolled back.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import threading
 import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from compat import sharing
 from compat.checksums import compute_checksum
@@ -41,6 +43,8 @@ from compat.types import (
     _base_kwargs,
     utc_now_iso,
 )
+from pycrdt import Map
+
 from replica import Durability, Replica
 from replica.models import check_id, check_json, from_doc_number
 from replica.records import Clock, FieldConflict, Records, WriteRecord, join
@@ -58,6 +62,9 @@ IGNORED_FIELDS: Tuple[str, ...] = ("version", "created_at", "modified_at", META_
 """Fields whose concurrent changes never count as a conflict."""
 
 HISTORY_DIR_NAME = "_history"
+
+VERIFIED_MARKER = ".compat-verified.json"
+"""File in the replica directory: the state fingerprint at the last close and the entities then bad."""
 
 PathLike = Union[str, Path]
 
@@ -204,7 +211,7 @@ _SCHEMAS: Dict[str, Dict[str, _Check]] = {
 
 def schema_errors(entity: Entity) -> List[str]:
     """``field: problem`` lines for every field of ``entity`` that breaks its type's schema."""
-    data = entity.to_dict()
+    data = entity.to_dict() if isinstance(entity, GenericEntity) else entity.__dict__
     checks = {**_COMMON, **_SCHEMAS.get(data.get("entity_type", ""), {})}
     errors = []
     for name, check in checks.items():
@@ -279,7 +286,9 @@ class ReplicaEntities:
     """The entity operations on one replica, shared by every compat object (and command) using it.
 
     Keeps a cache of each record's write clock (the base the next write claims to have
-    seen), dropped whenever a peer's update arrives."""
+    seen), dropped whenever a peer's update arrives, and remembers which records it has
+    verified: only records changed since (locally or by a peer) are verified again, and a
+    marker file carries the result across restarts while the replica's state is unchanged."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -287,9 +296,34 @@ class ReplicaEntities:
         self._clocks: Dict[str, Clock] = {}
         self._clock_lock = threading.Lock()
         self._generation = 0
+        self._updates = 0
+        self._version: Optional[Tuple[int, int]] = None
         replica.on_update(self._on_update)
+        self._verify_lock = threading.Lock()
+        self._bad: Optional[Set[str]] = None
+        self._dirty: Set[str] = set()
+        self._opened_fingerprint = self.fingerprint()
+        self._root_subscription = replica.doc.get(ENTITIES_COLLECTION, type=Map).observe_deep(self._on_change)
+
+    def _on_change(self, events: List[Any]) -> None:
+        """Note every record a transaction touched (it must be verified again)."""
+        touched: Set[str] = set()
+        for event in events:
+            path = list(event.path)
+            if path:
+                touched.add(str(path[0]))
+            else:
+                touched.update(event.keys.keys())
+        with self._verify_lock:
+            self._dirty |= touched
+
+    def fingerprint(self) -> str:
+        """Identifies the replica's whole state: its state vector and its delete set (cheap to compute)."""
+        vector = self.replica.state_vector()
+        return hashlib.sha256(vector + self.replica.diff(vector)).hexdigest()
 
     def _on_update(self, update: bytes, origin: Optional[str]) -> None:
+        self._updates += 1
         if origin is not None:
             with self._clock_lock:
                 self._generation += 1
@@ -303,8 +337,16 @@ class ReplicaEntities:
     # ------------------------------------------------------------------ versions
 
     def current_version(self) -> int:
-        """The global version: commits made on every replica this one has heard of."""
-        return self.replica.counters.value(VERSION_COUNTER)
+        """The global version: commits made on every replica this one has heard of.
+
+        Cached until the replica's next transaction (local or a peer's) ends."""
+        cached = self._version
+        if cached is not None and cached[0] == self._updates:
+            return cached[1]
+        updates = self._updates
+        value = self.replica.counters.value(VERSION_COUNTER)
+        self._version = (updates, value)
+        return value
 
     def add_versions(self, count: int) -> None:
         """Raise the global version by ``count`` (migration sets it to the old store's value)."""
@@ -451,15 +493,70 @@ class ReplicaEntities:
                 self._clocks[entity_id] = join([cached, write.clock])
 
     def verify_all(self) -> List[str]:
-        """Ids of stored entities that fail verification (checksum, type or build)."""
+        """Ids of stored entities that fail verification (checksum, type or build).
+
+        The first call verifies every record (unless the marker of a previous run matches
+        the state this replica opened with); later calls only those changed since."""
+        with self._verify_lock:
+            if self._bad is None:
+                marker = self._read_marker()
+                if marker is not None and marker.get("fingerprint") == self._opened_fingerprint:
+                    self._bad = {str(entity_id) for entity_id in marker.get("bad", [])}
+                else:
+                    self._dirty.clear()
+                    self._bad = set(self._check_all())
+                    return sorted(self._bad)
+            dirty, self._dirty = self._dirty, set()
+        for entity_id in dirty:
+            raw = self.records.get(entity_id)
+            ok = raw is None or self._verifies(entity_id, raw)
+            with self._verify_lock:
+                assert self._bad is not None
+                if ok:
+                    self._bad.discard(entity_id)
+                else:
+                    self._bad.add(entity_id)
+        with self._verify_lock:
+            assert self._bad is not None
+            return sorted(self._bad)
+
+    def _check_all(self) -> List[str]:
         stored = self.records.all()
         bad = [entity_id for entity_id in self.records.ids() if entity_id not in stored]
-        for entity_id, raw in stored.items():
-            try:
-                self.build(entity_id, raw, merged=True)
-            except (CorruptionError, ValueError):
-                bad.append(entity_id)
-        return sorted(bad)
+        bad.extend(entity_id for entity_id, raw in stored.items() if not self._verifies(entity_id, raw))
+        return bad
+
+    def _verifies(self, entity_id: str, raw: Mapping[str, Any]) -> bool:
+        if "__invalid__" in raw and len(raw) == 1:
+            return False
+        try:
+            self.build(entity_id, raw, merged=True)
+        except (CorruptionError, ValueError):
+            return False
+        return True
+
+    def _marker_path(self) -> Optional[Path]:
+        return self.replica.datadir.path / VERIFIED_MARKER if self.replica.datadir is not None else None
+
+    def _read_marker(self) -> Optional[Dict[str, Any]]:
+        path = self._marker_path()
+        if path is None:
+            return None
+        try:
+            marker = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return marker if isinstance(marker, dict) else None
+
+    def save_marker(self) -> None:
+        """Record which entities are bad for the state as it is now (called when the replica closes)."""
+        path = self._marker_path()
+        if path is None or self._bad is None:
+            return
+        bad = self.verify_all()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint(), "bad": bad}), encoding="utf-8")
+        os.replace(tmp, path)
 
     def written_by(self, entity_id: str, tx_id: str) -> Optional[int]:
         """The global version at which transaction ``tx_id`` wrote the entity, or None if it never did."""
@@ -691,6 +788,7 @@ class VersionedStore:
         )
         self._lease = sharing.lease(self, self.replica_dir, self.durability, network)
         self.entities: ReplicaEntities = entities_for(self._lease.shared.replica)
+        self._lease.shared.add_closing_hook(self.entities.save_marker)
 
     @property
     def replica(self) -> Replica:

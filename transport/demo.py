@@ -11,10 +11,13 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from replica import Replica
 from replica.services import Service, start_services, stop_services
+from replica.statevector import decode_state_vector
+from transport.updates import state_digest
 
 NAMES = ("alpha", "beta", "gamma")
 
@@ -26,27 +29,38 @@ def _free_port() -> int:
 
 
 def _board(console: Console, title: str, replicas: dict[str, Replica]) -> None:
+    """One row per task: "status, owner" as each replica sees it (blank: the replica lacks it)."""
     table = Table(title=title, title_justify="left")
     table.add_column("task")
     for name in replicas:
         table.add_column(name)
     ids = sorted({t.id for r in replicas.values() for t in r.tasks.list()})
     for task_id in ids:
-        cells = []
-        for replica in replicas.values():
-            task = replica.tasks.find(task_id)
-            cells.append(f"{task.title} [{task.status.value}, {task.owner or '-'}]" if task else "")
-        table.add_row(task_id, *cells)
-    table.add_row("counter 'commits'", *(str(r.counters.value("commits")) for r in replicas.values()))
+        found = [replica.tasks.find(task_id) for replica in replicas.values()]
+        cells = [f"{task.status.value}, {task.owner or '-'}" if task else "" for task in found]
+        table.add_row(task_id, *(escape(cell) for cell in cells))
+    table.add_row("commits", *(str(r.counters.value("commits")) for r in replicas.values()))
     console.print(table)
+
+
+def _text(value: Any) -> str:
+    """A field value as shown: enums by their value, None as "-"."""
+    if value is None:
+        return "-"
+    return str(value.value if hasattr(value, "value") else value)
+
+
+def _fingerprint(replica: Replica) -> tuple[tuple[tuple[int, int], ...], bytes]:
+    """State vector and state digest, both independent of yrs' (hash-map) encoding order."""
+    state_vector = replica.state_vector()
+    digest = state_digest(state_vector, replica.diff(state_vector))
+    return tuple(sorted(decode_state_vector(state_vector).items())), digest
 
 
 async def _converged(replicas: list[Replica], timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        states = {r.state_vector() for r in replicas}
-        diffs = {bytes(r.diff(None)) for r in replicas}
-        if len(states) == 1 and len(diffs) == 1:
+        if len({_fingerprint(r) for r in replicas}) == 1:
             return time.monotonic() - start
         await asyncio.sleep(0.02)
     raise click.ClickException(f"replicas did not converge within {timeout:.0f} s")
@@ -62,11 +76,11 @@ async def run_demo(console: Console, workdir: Path, timeout: float) -> dict[str,
         for other in (b, c):
             other.apply_update(a.diff(other.state_vector()), origin="bootstrap")
         console.print("[bold]1. partitioned[/bold]: three replicas, no network; each writes on its own")
-        a.tasks.update(shared.id, status="in_progress", owner="alpha")
+        a.tasks.update(shared.id, status="in_progress")
         b.tasks.update(shared.id, status="blocked", description="waiting on review")
         c.tasks.update(shared.id, owner="gamma", add_tags=["urgent"])
         for name, replica in replicas.items():
-            replica.tasks.create(f"Task written offline by {name}", id=f"T-{name}")
+            replica.tasks.create(f"Written offline on {name}", id=f"T-{name}")
             replica.counters.incr("commits", by=NAMES.index(name) + 1)
         before = {n: r.tasks.get(shared.id) for n, r in replicas.items()}
         _board(console, "before healing", replicas)
@@ -88,24 +102,35 @@ async def run_demo(console: Console, workdir: Path, timeout: float) -> dict[str,
         for field in ("status", "owner", "description"):
             written = {n: getattr(t, field) for n, t in before.items()
                        if getattr(t, field) != getattr(shared, field)}
-            values = {str(v.value if hasattr(v, "value") else v) for v in written.values()}
+            values = {_text(v) for v in written.values()}
             if len(written) > 1 and len(values) > 1:
-                final = getattr(after, field)
                 conflicts.append({"task": shared.id, "field": field,
-                                  "written": {n: str(v.value if hasattr(v, "value") else v) for n, v in written.items()},
-                                  "converged_to": str(final.value if hasattr(final, "value") else final)})
-        table = Table(title="concurrent writes to one field (each replica now holds the same winner)",
-                      title_justify="left")
+                                  "written": {n: _text(v) for n, v in written.items()},
+                                  "converged_to": _text(getattr(after, field))})
+        table = Table(title="one field written concurrently", caption="every replica kept the same winner",
+                      title_justify="left", caption_justify="left")
         for column in ("task", "field", "written", "converged to"):
             table.add_column(column)
         for item in conflicts:
             table.add_row(item["task"], item["field"],
                           ", ".join(f"{n}={v}" for n, v in item["written"].items()), item["converged_to"])
         console.print(table if conflicts else "no field was written concurrently on two replicas")
-        console.print("different fields merged: status from one replica, owner from another, tags and "
-                      f"description kept: {after.status.value}, {after.owner}, {list(after.tags)}")
-        return {"converged_seconds": seconds, "conflicts": conflicts,
-                "tasks": sorted(t.id for t in a.tasks.list()), "commits": a.counters.value("commits")}
+        console.print(f"{shared.id} after healing: each field merged on its own")
+        for field in ("status", "owner", "description", "tags"):
+            writers = [n for n, t in before.items() if getattr(t, field) != getattr(shared, field)]
+            if writers:
+                final = getattr(after, field)
+                shown = ", ".join(final) if field == "tags" else _text(final)
+                console.print(escape(f"  {field:<12} {shown!r:<24} written on {' and '.join(writers)}"))
+        increments = " + ".join(str(NAMES.index(n) + 1) for n in NAMES)
+        console.print(f"counter commits = {a.counters.value('commits')} everywhere ({increments}, one slot per replica)")
+        merged = {"status": _text(after.status), "owner": _text(after.owner), "description": after.description,
+                  "tags": list(after.tags)}
+        views = {name: {"digest": _fingerprint(r)[1].hex(), "tasks": sorted(t.id for t in r.tasks.list()),
+                        "commits": r.counters.value("commits")} for name, r in replicas.items()}
+        return {"converged": True, "converged_seconds": seconds, "conflicts": conflicts, "merged": merged,
+                "tasks": sorted(t.id for t in a.tasks.list()), "commits": a.counters.value("commits"),
+                "replicas": views}
     finally:
         await stop_services(services)
         for replica in replicas.values():

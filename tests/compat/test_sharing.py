@@ -155,6 +155,6 @@ def test_two_managers_sync_over_real_loopback_websockets(tmp_path: Path) -> None
         assert b.commit(tx).success
         assert wait_until(lambda: a.store.read("T-1").status == "completed", timeout=20)
         assert a.store.current_version() == b.store.current_version() == 2
-        services_a = a.store.shared.services
-        assert services_a is not None and "mesh" in services_a.status()
-    assert not services_a._thread.is_alive()
+        shared_a = a.store.shared
+        assert shared_a.services is not None and "mesh" in shared_a.services.status()
+    assert shared_a.services is None and find_open(tmp_path / "a") is None

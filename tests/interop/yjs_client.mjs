@@ -2,6 +2,10 @@
 // tests/package.json) joins a room, reports what Python wrote, writes a task and a counter
 // slot exactly as docs/schema.md describes, and waits for Python to acknowledge it.
 // Usage: node yjs_client.mjs URL ROOM TOKEN ACK_TASK_ID
+// Output lines: SYNCED {tasks, counters} / WROTE <clientID> / ACKED {task} (exit 0);
+// CLOSED <code> for every closed connection; after a permanent refusal (close 4400-4499,
+// y-websocket then stops reconnecting) it watches for LINGER_MS more, prints
+// STOPPED {code, closes, opens} and exits 4; TIMEOUT and exit 3 after 30 s.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
@@ -15,8 +19,20 @@ const deadline = setTimeout(() => { console.log('TIMEOUT'); process.exit(3) }, 3
 const plain = (value) => (value instanceof Y.Map ? Object.fromEntries([...value.entries()].map(([k, v]) => [k, plain(v)])) : value)
 const tasks = () => Object.fromEntries([...doc.getMap('tasks').entries()].map(([id, t]) => [id, plain(t)]))
 
+const LINGER_MS = 1500 // y-websocket would retry after 200, 400, 800 ms: long enough to see a loop
 let wrote = false
-provider.on('connection-close', (event) => { if (event) console.log('CLOSED ' + event.code) })
+let closes = 0
+let opens = 0
+provider.on('status', ({ status }) => { if (status === 'connected') opens++ })
+provider.on('connection-close', (event) => { closes++; if (event) console.log('CLOSED ' + event.code) })
+provider.on('closed', ({ code }) => {
+  setTimeout(() => {
+    console.log('STOPPED ' + JSON.stringify({ code, closes, opens, shouldConnect: provider.shouldConnect }))
+    clearTimeout(deadline)
+    provider.destroy()
+    process.exit(4)
+  }, LINGER_MS)
+})
 provider.on('sync', (synced) => {
   if (!synced || wrote) return
   wrote = true

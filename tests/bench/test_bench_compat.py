@@ -1,0 +1,204 @@
+"""compat benchmarks (issue 4): commits/s per durability mode, open time, lock and GraphWAL rates.
+
+Every figure is printed beside the older system's (cortical.got, measured on this kind of
+machine, as the issue gives them); the single PARANOID writer is also printed beside the
+disk's raw fsync rate measured in the same run. Median of 5.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from itertools import count
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+
+from compat import DurabilityMode, ProcessLock, Task, TransactionManager
+from compat.graph_wal import GraphWAL, NodeType
+
+from .conftest import best_of, fsync_rate, report
+
+RUNS = 5
+COMMITS = 300
+"""Commits per measurement (per thread with 4 threads)."""
+BIG = 5000
+THREADS = 4
+
+OLD_CREATE = {DurabilityMode.PARANOID: 114.0, DurabilityMode.BALANCED: 27.0, DurabilityMode.RELAXED: 195.0}
+OLD_MODIFY = {DurabilityMode.PARANOID: 93.0, DurabilityMode.BALANCED: 14.6, DurabilityMode.RELAXED: 141.0}
+OLD_MODIFY_BIG_BALANCED = 1.8
+OLD_OPEN_SECONDS = 0.95
+OLD_LOCK_RATE = 3100.0
+OLD_GRAPH_WAL_RATE = 1223.0
+OLD = "old cortical.got"
+MODES = [DurabilityMode.PARANOID, DurabilityMode.BALANCED, DurabilityMode.RELAXED]
+
+_fresh = count()
+
+
+def _preload(manager: TransactionManager, entities: int) -> None:
+    """Fill the store with ``entities`` tasks in one commit."""
+    if entities:
+        tx = manager.begin()
+        for n in range(entities):
+            manager.write(tx, Task(id=f"T-pre-{n:05d}", title=f"preloaded {n}", properties={"n": n}))
+        assert manager.commit(tx).success
+
+
+def _create_loop(manager: TransactionManager, prefix: str, commits: int) -> None:
+    for n in range(commits):
+        tx = manager.begin()
+        manager.write(tx, Task(id=f"T-{prefix}-{n}", title="created"))
+        assert manager.commit(tx).success
+
+
+def _modify_loop(manager: TransactionManager, prefix: str, commits: int) -> None:
+    entity_id = f"T-hot-{prefix}"
+    tx = manager.begin()
+    manager.write(tx, Task(id=entity_id, title="0"))
+    assert manager.commit(tx).success
+    done = 0
+    while done < commits:
+        tx = manager.begin()
+        task = manager.read(tx, entity_id)
+        task.title = str(int(task.title) + 1)
+        manager.write(tx, task)
+        if manager.commit(tx).success:
+            done += 1
+
+
+def _rate(manager: TransactionManager, loop: Callable[[TransactionManager, str, int], None], threads: int) -> float:
+    """Commits per second of ``threads`` threads each running ``loop`` on its own entities."""
+    run = next(_fresh)
+    start = time.perf_counter()
+    if threads == 1:
+        loop(manager, f"r{run}", COMMITS)
+    else:
+        workers = [threading.Thread(target=loop, args=(manager, f"r{run}t{t}", COMMITS)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    return COMMITS * threads / (time.perf_counter() - start)
+
+
+def _measure(tmp_path: Path, mode: DurabilityMode, loop: Callable[[TransactionManager, str, int], None],
+             threads: int, preload: int) -> float:
+    """Median of RUNS measurements; each run starts from a fresh store (preloaded once per run)."""
+    def once() -> float:
+        with TransactionManager(tmp_path / f"{mode.value}-{next(_fresh)}", mode) as manager:
+            _preload(manager, preload)
+            return _rate(manager, loop, threads)
+
+    return best_of(RUNS, once)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_create_and_commit_one_task(tmp_path: Path, mode: DurabilityMode) -> None:
+    single = _measure(tmp_path, mode, _create_loop, 1, 0)
+    report(f"create+commit 1 Task/s, {mode.name}, 1 writer", single, OLD_CREATE[mode], "commit/s", goal=">= 10x",
+           baseline_name=OLD)
+    threaded = _measure(tmp_path, mode, _create_loop, THREADS, 0)
+    report(f"create+commit 1 Task/s, {mode.name}, {THREADS} threads", threaded, OLD_CREATE[mode], "commit/s",
+           goal=">= 10x", baseline_name=OLD)
+    big = _measure(tmp_path, mode, _create_loop, 1, BIG)
+    report(f"create+commit 1 Task/s, {mode.name}, 1 writer, {BIG:,} in store", big, OLD_CREATE[mode], "commit/s",
+           goal=">= 10x, flat", baseline_name=OLD)
+    if mode is DurabilityMode.PARANOID:
+        disk = best_of(RUNS, lambda: fsync_rate(tmp_path))
+        report("create+commit 1 Task/s, PARANOID, 1 writer", single, disk, "commit/s", goal=">= 0.8x",
+               baseline_name="raw fsync")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_read_modify_commit_one_task(tmp_path: Path, mode: DurabilityMode) -> None:
+    single = _measure(tmp_path, mode, _modify_loop, 1, 0)
+    report(f"read-modify-commit 1 Task/s, {mode.name}, 1 writer", single, OLD_MODIFY[mode], "commit/s",
+           goal=">= 10x", baseline_name=OLD)
+    threaded = _measure(tmp_path, mode, _modify_loop, THREADS, 0)
+    report(f"read-modify-commit 1 Task/s, {mode.name}, {THREADS} threads", threaded, OLD_MODIFY[mode], "commit/s",
+           goal=">= 10x", baseline_name=OLD)
+    big = _measure(tmp_path, mode, _modify_loop, 1, BIG)
+    old_big = OLD_MODIFY_BIG_BALANCED if mode is DurabilityMode.BALANCED else OLD_MODIFY[mode]
+    report(f"read-modify-commit 1 Task/s, {mode.name}, 1 writer, {BIG:,} in store", big, old_big, "commit/s",
+           goal=">= 10x, flat", baseline_name=OLD)
+    if mode is DurabilityMode.PARANOID:
+        disk = best_of(RUNS, lambda: fsync_rate(tmp_path))
+        report("read-modify-commit 1 Task/s, PARANOID, 1 writer", single, disk, "commit/s", goal=">= 0.8x",
+               baseline_name="raw fsync")
+
+
+_OPEN = """
+import json, sys, time
+start = time.perf_counter()
+from compat import TransactionManager
+imported = time.perf_counter()
+manager = TransactionManager(sys.argv[1])
+opened = time.perf_counter()
+count = len(manager.store.ids())
+manager.close()
+print(json.dumps({"import": imported - start, "open": opened - imported, "entities": count}))
+"""
+
+
+def test_open_a_manager_over_5000_entities(tmp_path: Path) -> None:
+    got = tmp_path / "big"
+    with TransactionManager(got, DurabilityMode.RELAXED) as manager:
+        for n in range(BIG):
+            tx = manager.begin()
+            manager.write(tx, Task(id=f"T-{n:05d}", title=f"task {n}", properties={"n": n}))
+            assert manager.commit(tx).success
+
+    def in_process() -> float:
+        start = time.perf_counter()
+        with TransactionManager(got) as manager:
+            assert len(manager.store.ids()) == BIG
+            return time.perf_counter() - start
+
+    def new_process() -> float:
+        out = subprocess.run([sys.executable, "-c", _OPEN, str(got)], check=True, capture_output=True).stdout
+        result: Dict[str, float] = json.loads(out)
+        assert result["entities"] == BIG
+        return result["open"]
+
+    report(f"open a manager over {BIG:,} entities, same process", best_of(RUNS, in_process), OLD_OPEN_SECONDS, "s",
+           goal="<= 0.1x", higher_is_better=False, baseline_name=OLD)
+    report(f"open a manager over {BIG:,} entities, new process", best_of(RUNS, new_process), OLD_OPEN_SECONDS, "s",
+           goal="<= 0.1x", higher_is_better=False, baseline_name=OLD)
+
+
+def test_process_lock_acquire_release(tmp_path: Path) -> None:
+    rounds = 20_000
+
+    def once() -> float:
+        lock = ProcessLock(tmp_path / f"bench-{next(_fresh)}.lock")
+        start = time.perf_counter()
+        for _ in range(rounds):
+            lock.acquire()
+            lock.release()
+        return rounds / (time.perf_counter() - start)
+
+    report("ProcessLock acquire+release/s", best_of(RUNS, once), OLD_LOCK_RATE, "op/s", goal=">= 10x",
+           baseline_name=OLD)
+
+
+def test_graph_wal_log_add_node(tmp_path: Path) -> None:
+    entries = 1000
+
+    def once() -> float:
+        wal = GraphWAL(tmp_path / f"graph-{next(_fresh)}")
+        start = time.perf_counter()
+        for n in range(entries):
+            wal.log_add_node(f"n{n}", NodeType.CONCEPT, f"node {n}", {"n": n})
+        return entries / (time.perf_counter() - start)
+
+    ours = best_of(RUNS, once)
+    disk = best_of(RUNS, lambda: fsync_rate(tmp_path))
+    report("GraphWAL log_add_node/s", ours, OLD_GRAPH_WAL_RATE, "entry/s", goal=">= 10x", baseline_name=OLD)
+    report("GraphWAL log_add_node/s (one fsync each)", ours, disk, "entry/s", goal="reported",
+           baseline_name="raw fsync")
