@@ -21,7 +21,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from compat.config import DurabilityMode
 from compat.errors import TransactionError
@@ -99,7 +99,7 @@ class TransactionManager:
             self.store.close()
             raise
         self.lock: ProcessLock = ProcessLock(self.got_dir / LOCK_FILE_NAME, reentrant=True)
-        self._bases: Dict[str, Dict[str, Clock]] = {}
+        self._bases: Dict[str, Dict[str, Tuple[Clock, Optional[int]]]] = {}
         self._bases_lock = threading.Lock()
         self.recover()
 
@@ -129,11 +129,11 @@ class TransactionManager:
         own = tx.write_set.get(entity_id)
         if own is not None:
             return own
-        entity, clock = self.store.entities.read_for_update(entity_id, tx.snapshot_version)
+        entity, clock, token = self.store.entities.read_for_update(entity_id, tx.snapshot_version)
         if entity is not None:
             tx.add_read(entity_id, entity.version)
             with self._bases_lock:
-                self._bases.setdefault(tx.id, {}).setdefault(entity_id, clock)
+                self._bases.setdefault(tx.id, {}).setdefault(entity_id, (clock, token))
         return entity
 
     def write(self, tx: Transaction, entity: Entity) -> None:
@@ -142,8 +142,11 @@ class TransactionManager:
             raise TransactionError(
                 f"Transaction {tx.id} is not active (state: {tx.state.value})", tx_id=tx.id, state=tx.state.value
             )
-        existing = self.read(tx, entity.id)
-        old_version = existing.version if existing is not None else 0
+        if entity.id in tx.read_set and entity.id not in tx.write_set:
+            old_version = tx.read_set[entity.id]
+        else:
+            existing = self.read(tx, entity.id)
+            old_version = existing.version if existing is not None else 0
         self.wal.log_write(tx.id, entity.id, old_version, entity.version)
         tx.add_write(entity)
 
@@ -164,14 +167,14 @@ class TransactionManager:
                 tx.state = TransactionState.PREPARING
                 self.wal.log_tx_prepare(tx.id)
                 with self._bases_lock:
-                    bases = self._bases.pop(tx.id, {})
+                    seen = self._bases.pop(tx.id, {})
                 try:
                     result = self.store.entities.put_batch(
                         list(tx.write_set.values()),
                         validate=self.store.validate_on_save,
                         tx_id=tx.id,
-                        bases=bases,
-                        check=lambda: self._detect_conflicts(tx),
+                        bases={entity_id: clock for entity_id, (clock, _) in seen.items()},
+                        check=lambda: self._detect_conflicts(tx, {k: token for k, (_, token) in seen.items()}),
                     )
                 except Exception as exc:
                     tx.state = TransactionState.ABORTED
@@ -188,13 +191,19 @@ class TransactionManager:
         self.store.entities.settle_durably(result.lsn, self.durability)
         return CommitResult(success=True, version=result.version)
 
-    def _detect_conflicts(self, tx: Transaction) -> List[Conflict]:
-        """Version conflicts: ids both read and written whose stored version moved since the read."""
+    def _detect_conflicts(self, tx: Transaction, tokens: Dict[str, Optional[int]]) -> List[Conflict]:
+        """Version conflicts: ids both read and written whose stored version moved since the read.
+
+        A record nothing touched since it was read (as current) needs no look."""
+        entities = self.store.entities
         conflicts = []
         for entity_id, expected in tx.read_set.items():
             if entity_id not in tx.write_set:
                 continue
-            actual = self.store.entities.stored_version(entity_id)
+            token = tokens.get(entity_id)
+            if token is not None and entities.untouched_since(entity_id, token):
+                continue
+            actual = entities.stored_version(entity_id)
             if actual != expected:
                 conflicts.append(
                     Conflict(

@@ -302,6 +302,7 @@ class ReplicaEntities:
         self._verify_lock = threading.Lock()
         self._bad: Optional[Set[str]] = None
         self._dirty: Set[str] = set()
+        self._touches: Dict[str, int] = {}
         self._opened_fingerprint = self.fingerprint()
         self._root_subscription = replica.doc.get(ENTITIES_COLLECTION, type=Map).observe_deep(self._on_change)
 
@@ -316,6 +317,8 @@ class ReplicaEntities:
                 touched.update(event.keys.keys())
         with self._verify_lock:
             self._dirty |= touched
+            for entity_id in touched:
+                self._touches[entity_id] = self._touches.get(entity_id, 0) + 1
 
     def fingerprint(self) -> str:
         """Identifies the replica's whole state: its state vector and its delete set (cheap to compute)."""
@@ -347,6 +350,13 @@ class ReplicaEntities:
         value = self.replica.counters.value(VERSION_COUNTER)
         self._version = (updates, value)
         return value
+
+    def _count_commit(self) -> None:
+        """Add this commit to the global version (inside its write scope) and keep the cached value right.
+
+        The scope's transaction ends with exactly one update, which advances ``_updates`` by one."""
+        value = self.replica.counters.incr(VERSION_COUNTER)
+        self._version = (self._updates + 1, value)
 
     def add_versions(self, count: int) -> None:
         """Raise the global version by ``count`` (migration sets it to the old store's value)."""
@@ -474,17 +484,26 @@ class ReplicaEntities:
                 self._clocks[entity_id] = clock
         return dict(clock)
 
-    def read_for_update(self, entity_id: str, version: int) -> Tuple[Optional[Entity], Clock]:
-        """The entity at ``version`` and the clock seen with it, read together (no peer update in between)."""
+    def read_for_update(self, entity_id: str, version: int) -> Tuple[Optional[Entity], Clock, Optional[int]]:
+        """The entity at ``version``, the clock seen with it (read together, no peer update in between), and a
+        token for :meth:`untouched_since` when what was read is the current record (else None)."""
         for _ in range(5):
             with self._clock_lock:
                 generation = self._generation
+            with self._verify_lock:
+                touches = self._touches.get(entity_id, 0)
+            current = version >= self.current_version()
             entity = self.read_at_version(entity_id, version)
             clock = self.base_clock(entity_id)
             with self._clock_lock:
                 if generation == self._generation:
                     break
-        return entity, clock
+        return entity, clock, touches if current and entity is not None else None
+
+    def untouched_since(self, entity_id: str, token: int) -> bool:
+        """True when no transaction (local or a peer's) changed the record since ``token`` was taken."""
+        with self._verify_lock:
+            return self._touches.get(entity_id, 0) == token
 
     def _note_write(self, entity_id: str, write: WriteRecord) -> None:
         with self._clock_lock:
@@ -620,7 +639,7 @@ class ReplicaEntities:
                 if base is None:
                     base = self.base_clock(entity_id)
                 self._note_write(entity_id, self.records.put(entity_id, body, base=base, version=version))
-            self.replica.counters.incr(VERSION_COUNTER)
+            self._count_commit()
         for item in prepared:
             item.entity.version = item.bumped.version
             item.entity.modified_at = item.bumped.modified_at
@@ -642,7 +661,7 @@ class ReplicaEntities:
                 return False, self.replica.last_lsn
             version = self.current_version() + 1
             self.delete_raw(entity_id, version=version)
-            self.replica.counters.incr(VERSION_COUNTER)
+            self._count_commit()
         return True, self.replica.last_lsn
 
     def delete_raw(self, entity_id: str, *, version: int, resolves: Iterable[str] = ()) -> None:
@@ -686,7 +705,7 @@ class ReplicaEntities:
                     self._note_write(
                         entity_id, self.records.delete(entity_id, base=base, resolves=(conflict.id,), version=version)
                     )
-                self.replica.counters.incr(VERSION_COUNTER)
+                self._count_commit()
                 resolved: Optional[Entity] = None
             else:
                 start = _strip(current) if current is not None else dict(keep or {})
@@ -704,7 +723,7 @@ class ReplicaEntities:
                 self._note_write(
                     entity_id, self.records.put(entity_id, body, base=base, resolves=(conflict.id,), version=version)
                 )
-                self.replica.counters.incr(VERSION_COUNTER)
+                self._count_commit()
                 resolved = item.bumped
         return resolved, self.replica.last_lsn
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .replica import Replica
 
 SCALAR_FIELDS = ("title", "description", "status", "priority", "owner")
+_SCALAR_NAMES = frozenset(SCALAR_FIELDS)
 
 
 def new_task_id() -> str:
@@ -138,20 +139,22 @@ class TaskBoard:
         `properties` sets the given keys and leaves the others alone.
         """
         scalars: dict[str, Any] = {}
-        sets: dict[str, tuple[list[str], list[str] | None]] = {}
+        sets: dict[str, list[str]] = {}
         for name, value in fields.items():
-            if name in SCALAR_FIELDS:
+            if name in _SCALAR_NAMES:
                 scalars[name] = _scalar(name, value)
             elif name in SET_FIELDS:
-                sets[name] = ([], _id_set(name, value))
+                sets[name] = _id_set(name, value)
             else:
                 raise FieldError("task", name, "no such field (or not writable)")
-        if "depends_on" in sets and task_id in (sets["depends_on"][1] or []):
+        if task_id in sets.get("depends_on", ()):
             raise FieldError("task", "depends_on", "a task cannot depend on itself")
-        adds = _id_set("tags", add_tags)
-        removes = _id_set("tags", remove_tags)
-        props = check_properties("task", properties) if properties else {}
-        drop_props = list(remove_properties) if remove_properties else []
+        adds = _id_set("tags", add_tags) if add_tags != () else []
+        removes = _id_set("tags", remove_tags) if remove_tags != () else []
+        props = check_properties("task", properties) if properties is not None else {}
+        if isinstance(remove_properties, str):
+            raise FieldError("task", "remove_properties", "must be a list of keys, not a single string")
+        drop_props = list(remove_properties) if remove_properties != () else []
         now = iso_now()
         with self._replica._write():
             try:
@@ -162,8 +165,8 @@ class TaskBoard:
                 raise InvalidRecordError("task", task_id, ["record is not a map"])
             for name, value in scalars.items():
                 entry[name] = value
-            for name, (_, replacement) in sets.items():
-                self._replace_set(entry, name, replacement or [])
+            for name, replacement in sets.items():
+                self._replace_set(entry, name, replacement)
             if adds or removes:
                 tags = self._nested(entry, "tags")
                 for tag in adds:

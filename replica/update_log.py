@@ -174,6 +174,7 @@ class UpdateLog:
         self.fsync_count = 0
         self.bytes_since_snapshot = 0
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._balanced = self.durability is Durability.BALANCED
 
     def replay(self, after_lsn: int = 0) -> tuple[Iterator[Record], ReplayReport]:
         """Read every record with lsn > after_lsn, checking sequence continuity across segments.
@@ -268,16 +269,13 @@ class UpdateLog:
 
     def append(self, payload: bytes, kind: int = KIND_UPDATE) -> int:
         """Append one record and return its lsn; in PARANOID mode it is on disk on return."""
-        lsn = self._append(payload, kind)
+        lsn = self.append_nowait(payload, kind)
         if self.durability is Durability.PARANOID:
             self.sync(lsn)
         return lsn
 
     def append_nowait(self, payload: bytes, kind: int = KIND_UPDATE) -> int:
         """Append one record to the OS without waiting for the disk, whatever the mode."""
-        return self._append(payload, kind)
-
-    def _append(self, payload: bytes, kind: int) -> int:
         with self._write_lock:
             segment = self._segment
             if self._closed or segment is None:
@@ -298,7 +296,7 @@ class UpdateLog:
             self._next_lsn = lsn + 1
             self._written_lsn = lsn
             self.bytes_since_snapshot += len(payload)
-            if self.durability is Durability.BALANCED and not self._flusher_armed:
+            if self._balanced and not self._flusher_armed:
                 self._flusher_armed = True
                 with self._sync_cond:
                     self._sync_cond.notify_all()

@@ -29,6 +29,12 @@ def best_of(runs: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(runs))
 
 
+def paired(runs: int, baseline: Callable[[], float], ours: Callable[[], float]) -> tuple[float, float]:
+    """Medians of `runs` interleaved (baseline, ours) measurements, so load drifts hit both alike."""
+    pairs = [(baseline(), ours()) for _ in range(runs)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
 def fsync_rate(directory: Path, count: int = 300) -> float:
     """The disk's raw rate of small append + fdatasync, on the same filesystem."""
     path = directory / "fsync-probe"

@@ -14,7 +14,7 @@ from pycrdt import Doc, Map
 from replica import Replica
 from replica.models import iso_now
 
-from .conftest import best_of, fsync_rate, report
+from .conftest import fsync_rate, paired, report
 
 TASKS = 1000
 UPDATES = 20_000
@@ -48,15 +48,14 @@ def _replica_rate(path: Path, mode: str, updates: int) -> float:
 
 @pytest.mark.parametrize("mode", ["lazy", "balanced"])
 def test_task_updates_per_second(tmp_path: Path, mode: str) -> None:
-    raw = best_of(5, _raw_rate)
-    ours = best_of(5, lambda: _replica_rate(tmp_path / f"{mode}-{time.perf_counter_ns()}", mode, UPDATES))
+    raw, ours = paired(7, _raw_rate, lambda: _replica_rate(tmp_path / f"{mode}-{time.perf_counter_ns()}", mode, UPDATES))
     report(f"task field updates/s, {mode.upper()}", ours, raw, "upd/s", goal=">= 0.5x",
            baseline_name="raw pycrdt")
 
 
 def test_paranoid_updates_vs_raw_fsync(tmp_path: Path) -> None:
-    disk = best_of(5, lambda: fsync_rate(tmp_path))
-    ours = best_of(5, lambda: _replica_rate(tmp_path / f"p-{time.perf_counter_ns()}", "paranoid", 300))
+    disk, ours = paired(7, lambda: fsync_rate(tmp_path),
+                        lambda: _replica_rate(tmp_path / f"p-{time.perf_counter_ns()}", "paranoid", 300))
     report("task field updates/s, PARANOID", ours, disk, "upd/s", goal=">= 0.8x", baseline_name="raw fsync")
 
 
