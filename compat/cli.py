@@ -117,6 +117,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _side(side: Dict[str, Any]) -> str:
+    if side["deleted"]:
+        return "deleted"
+    return ", ".join(f"{k}={_short(v)}" for k, v in side["values"].items())
+
+
 def _render_list(data: Dict[str, Any]) -> None:
     conflicts = data["conflicts"]
     if not conflicts:
@@ -126,12 +132,8 @@ def _render_list(data: Dict[str, Any]) -> None:
     for column in ("id", "entity", "fields", "ours", "theirs", "settled"):
         table.add_column(column)
     for c in conflicts:
-        ours = "deleted" if c["ours"]["deleted"] else ", ".join(f"{k}={_short(v)}" for k, v in c["ours"]["values"].items())
-        theirs = (
-            "deleted" if c["theirs"]["deleted"] else ", ".join(f"{k}={_short(v)}" for k, v in c["theirs"]["values"].items())
-        )
-        table.add_row(c["conflict_id"], c["entity_id"], ",".join(c["conflict_fields"]), ours, theirs,
-                      "yes" if c["settled"] else "no")
+        table.add_row(c["conflict_id"], c["entity_id"], ",".join(c["conflict_fields"]), _side(c["ours"]),
+                      _side(c["theirs"]), "yes" if c["settled"] else "no")
     out.print(table)
 
 
@@ -200,7 +202,9 @@ def register(cli: click.Group) -> None:
     @click.option("--value", "values", multiple=True, help="FIELD=JSON, repeatable (required by merge).")
     @json_option
     @click.pass_context
-    def resolve_cmd(ctx: click.Context, conflict_id: str, strategy: str, values: Tuple[str, ...], as_json: bool) -> None:
+    def resolve_cmd(
+        ctx: click.Context, conflict_id: str, strategy: str, values: Tuple[str, ...], as_json: bool
+    ) -> None:
         """Settle a conflict; the resolution replicates to every peer."""
         params = {"id": conflict_id, "strategy": strategy, "values": _values(values)}
         emit(_run(ctx, "compat.conflicts.resolve", params), as_json, _render_resolve)

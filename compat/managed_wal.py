@@ -21,12 +21,14 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from compat.checksums import DEFAULT_TRUNCATE, canonical_bytes, compute_checksum
 from compat.config import DurabilityMode
 from compat.locking import ProcessLock
+from compat.types import utc_now_iso
 from compat.wal import (
     APPEND_LOCK_TIMEOUT,
     LOCK_FILE_NAME,
@@ -34,7 +36,6 @@ from compat.wal import (
     WALManager,
     _is_legacy_line,
 )
-from compat.types import utc_now_iso
 
 _ENTRY_KEYS = frozenset({"seq", "ts", "tx", "op", "data", "checksum"})
 _FINISHING_OPS = frozenset({"TX_COMMIT", "TX_ABORT", "TX_ROLLBACK"})
@@ -277,8 +278,6 @@ class _WalFile:
 
     def truncate(self, archive_dir: Path, archive: bool) -> Optional[Path]:
         """Archive (or delete) the current file, as :meth:`WALManager.truncate`."""
-        from datetime import datetime, timezone
-
         with self.lock:
             self.persist_sequence()
             if self._handle is not None:

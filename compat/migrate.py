@@ -370,7 +370,8 @@ class _Migration:
                     if not record.verify():
                         self.report.problem(f"{where} line {number}: checksum mismatch; not imported")
                         continue
-                    self.put_if_changed(GRAPH_WAL_COLLECTION, f"{where}:{number}", json.loads(line), "graph_wal_entries")
+                    key = f"{where}:{number}"
+                    self.put_if_changed(GRAPH_WAL_COLLECTION, key, json.loads(line), "graph_wal_entries")
                     if index < first or number <= skip_before:
                         continue
                     try:
@@ -523,4 +524,11 @@ def migrate(source: Union[str, Path], replica: Replica) -> MigrationReport:
     return _Migration(Path(source).expanduser().resolve(), replica).run()
 
 
-__all__ = ["migrate", "MigrationReport", "EVENTS_COLLECTION", "WAL_COLLECTION", "GRAPH_WAL_COLLECTION", "FILES_COLLECTION"]
+__all__ = [
+    "migrate",
+    "MigrationReport",
+    "EVENTS_COLLECTION",
+    "WAL_COLLECTION",
+    "GRAPH_WAL_COLLECTION",
+    "FILES_COLLECTION",
+]

@@ -464,7 +464,9 @@ class ThoughtGraph:
         """Create a cluster and return it; an existing id raises ValueError."""
         if cluster_id in self.clusters:
             raise ValueError(f"Cluster {cluster_id} already exists")
-        cluster = ThoughtCluster(id=cluster_id, name=name, node_ids=set(node_ids or ()), properties=dict(properties or {}))
+        cluster = ThoughtCluster(
+            id=cluster_id, name=name, node_ids=set(node_ids or ()), properties=dict(properties or {})
+        )
         with self._batch():
             self._put_cluster(cluster)
         return cluster

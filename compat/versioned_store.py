@@ -304,7 +304,7 @@ class ReplicaEntities:
         self._dirty: Set[str] = set()
         self._touches: Dict[str, int] = {}
         self._opened_fingerprint = self.fingerprint()
-        self._root_subscription = replica.doc.get(ENTITIES_COLLECTION, type=Map).observe_deep(self._on_change)
+        self._subscription = replica.doc.get(ENTITIES_COLLECTION, type=Map).observe_deep(self._on_change)
 
     def _on_change(self, events: List[Any]) -> None:
         """Note every record a transaction touched (it must be verified again)."""
@@ -645,10 +645,17 @@ class ReplicaEntities:
             item.entity.modified_at = item.bumped.modified_at
         return BatchResult(version, [], self.replica.last_lsn)
 
-    def put_raw(self, entity_id: str, data: Dict[str, Any], *, version: int, source: Optional[Dict[str, Any]] = None) -> None:
+    def put_raw(
+        self, entity_id: str, data: Dict[str, Any], *, version: int, source: Optional[Dict[str, Any]] = None
+    ) -> None:
         """Store ``data`` exactly as given (migration), checksummed, stamped with ``version``."""
         body = dict(data)
-        meta: Dict[str, Any] = {"checksum": stored_checksum(data), "tx": None, "gv": version, "written_at": utc_now_iso()}
+        meta: Dict[str, Any] = {
+            "checksum": stored_checksum(data),
+            "tx": None,
+            "gv": version,
+            "written_at": utc_now_iso(),
+        }
         if source:
             meta["source"] = source
         body[META_KEY] = meta
@@ -684,7 +691,12 @@ class ReplicaEntities:
         return all(c.id != conflict.id for c in self.records.conflicts(conflict.record_id))
 
     def settle(
-        self, conflict: FieldConflict, values: Mapping[str, Any], *, delete: bool = False, keep: Optional[Mapping[str, Any]] = None
+        self,
+        conflict: FieldConflict,
+        values: Mapping[str, Any],
+        *,
+        delete: bool = False,
+        keep: Optional[Mapping[str, Any]] = None,
     ) -> Tuple[Optional[Entity], int]:
         """Write the resolution of ``conflict``: the current entity with ``values`` over it, or a delete.
 
@@ -861,11 +873,11 @@ class VersionedStore:
         """Validate, bump the caller's object, store it and add 1 to the global version."""
         self.apply_writes({entity.id: entity})
 
-    def apply_writes(self, write_set: Mapping[str, Entity], **options: Any) -> int:
+    def apply_writes(self, write_set: Mapping[str, Entity]) -> int:
         """Write a batch atomically (one replica transaction) and return the new global version (+1 per batch).
 
         Everything is validated first; on any error nothing is written and it propagates."""
-        result = self.entities.put_batch(list(write_set.values()), validate=self.validate_on_save, **options)
+        result = self.entities.put_batch(list(write_set.values()), validate=self.validate_on_save)
         assert result.version is not None
         self.entities.settle_durably(result.lsn, self.durability)
         return result.version

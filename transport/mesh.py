@@ -711,11 +711,11 @@ class Mesh:
         Updates up to `limits.integrity_check_bytes` are cut to the part that integrates at
         once (`transport.updates.integrable_part`); the rest is asked for again (`_defer`).
         """
-        before = self.replica.state_vector()
+        before = decode_state_vector(self.replica.state_vector())
         problem = None
         if len(update) <= self.limits.integrity_check_bytes:
             try:
-                update, problem = integrable_part(update, decode_state_vector(before))
+                update, problem = integrable_part(update, before)
             except UpdateFormatError:
                 problem = None
         try:

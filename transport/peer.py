@@ -202,7 +202,8 @@ class PeerConnection:
         self.closing = False
         self.close_code: int | None = None
         self._held: list[bytes] | None = None
-        self._pending_mark: tuple[dict[int, int], int] | None = None
+        self._pending_mark: tuple[bytes, int] | None = None
+        self._sent_mark: bytes | None = None
         self._answered = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -322,8 +323,7 @@ class PeerConnection:
             if self.queue.resync_requested:
                 await self._resync()
             if self._pending_mark is None and len(self.queue):
-                state = decode_state_vector(self.replica.state_vector())
-                self._pending_mark = (state, self.queue.last_seq)
+                self._pending_mark = (self.replica.state_vector(), self.queue.last_seq)
             items = self.queue.pop(min(self.limits.batch_bytes, self.limits.max_update_size))
             if not items:
                 return
@@ -347,7 +347,9 @@ class PeerConnection:
         """
         if self._pending_mark is not None and seq >= self._pending_mark[1]:
             if self._answered:
-                self._merge_sent(self._pending_mark[0])
+                # decoded lazily (known_peer_state): our state vector only grows, so a
+                # later mark covers every earlier one and only the latest is kept
+                self._sent_mark = self._pending_mark[0]
             self._pending_mark = None
 
     def _merge_sent(self, state: dict[int, int]) -> None:
@@ -356,14 +358,13 @@ class PeerConnection:
             if clock > self.sent_state_vector.get(client, 0):
                 self.sent_state_vector[client] = clock
 
-    def note_received(self, before: bytes, after: bytes) -> None:
-        """Our state vector before and after applying one of the peer's updates.
+    def note_received(self, start: dict[int, int], after: bytes) -> None:
+        """Our state vector before (decoded) and after applying one of the peer's updates.
 
         Clocks that advanced are (almost always) the peer's own structs, so it holds them.
         Kept apart from the hard lower bound used for resyncs: pending structs of a third
         peer released by this update advance clocks too. Used for status only.
         """
-        start = decode_state_vector(before)
         for client, clock in decode_state_vector(after).items():
             if clock > start.get(client, 0) and clock > self.received_state_vector.get(client, 0):
                 self.received_state_vector[client] = clock
@@ -376,6 +377,9 @@ class PeerConnection:
 
     def known_peer_state(self) -> dict[int, int]:
         """Best lower bound of the peer's state: its last step 1 merged with what we sent."""
+        if self._sent_mark is not None:
+            self._merge_sent(decode_state_vector(self._sent_mark))
+            self._sent_mark = None
         known = dict(self.peer_state_vector)
         for client, clock in self.sent_state_vector.items():
             if clock > known.get(client, 0):

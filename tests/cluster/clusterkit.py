@@ -114,6 +114,14 @@ class Node:
                 raise AssertionError(f"{self.name}: serve not ready after {START_TIMEOUT}s:\n{self.log_tail()}")
             time.sleep(0.02)
 
+    def wait_log(self, text: str, *, timeout: float = 10.0) -> None:
+        """Wait (polling every millisecond) until the current log contains `text`."""
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.log.read_bytes():
+            assert self.running, f"{self.name} exited:\n{self.log_tail()}"
+            assert time.monotonic() < deadline, f"{self.name}: no {text!r} in the log after {timeout}s"
+            time.sleep(0.001)
+
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig` to the serve process and wait for it to end; return its exit code."""
         assert self.proc is not None
@@ -175,8 +183,16 @@ class Cluster:
         assert all(run.code == 0 for run in runs), [run.err for run in runs]
 
     def start(self) -> None:
-        """Start every node (in parallel) and return once all serve."""
-        parallel(Node.start, self.nodes)
+        """Start every node, listeners before their dialers, and return once all serve.
+
+        Nodes start in waves, each node after every node it dials (a cycle starts as one
+        wave): a dial refused because the peer is still starting would back off for seconds.
+        """
+        pending = list(self.nodes)
+        while pending:
+            wave = [n for n in pending if all(peer not in pending or peer is n for peer in n.dials)] or pending
+            parallel(Node.start, wave)
+            pending = [n for n in pending if n not in wave]
 
     def close(self) -> None:
         """Stop whatever still runs (SIGTERM, then SIGKILL if it hangs)."""
@@ -209,12 +225,18 @@ class Cluster:
             time.sleep(0.05)
 
     def wait_tasks(self, expected: set[str], *, timeout: float = 30.0, nodes: Sequence[Node] | None = None) -> None:
-        """Wait until `task list --json` on every node shows (at least) the `expected` task ids."""
+        """Wait until `task list --json` on every node shows (at least) the `expected` task ids.
+
+        Tasks are never deleted here, so a node that showed them all is not asked again.
+        """
         targets = list(nodes or self.nodes)
+        lacking: dict[str, list[str]] = {}
 
         def check() -> str | None:
             seen = parallel(Node.task_ids, targets)
-            lacking = {node.name: sorted(expected - ids)[:5] for node, ids in zip(targets, seen) if expected - ids}
+            lacking.clear()
+            lacking.update({node.name: sorted(expected - ids)[:5] for node, ids in zip(targets, seen) if expected - ids})
+            targets[:] = [node for node in targets if node.name in lacking]
             return None if not lacking else f"missing {lacking}"
 
         self.wait_until(check, timeout=timeout, what=f"{len(expected)} tasks on {[n.name for n in targets]}")
@@ -243,12 +265,12 @@ class Writer(threading.Thread):
         self.prefix = prefix
         self.acked: list[str] = []
         self.failed: list[tuple[str, int, str]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         """Write round-robin until stopped; a write counts as acknowledged only if the CLI exited 0."""
         index = 0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             node = self.nodes[index % len(self.nodes)]
             task_id = f"T-{self.prefix}-{index:04d}"
             run = node.cli("task", "add", f"streamed {index} via {node.name}", "--id", task_id, "--json")
@@ -268,5 +290,5 @@ class Writer(threading.Thread):
 
     def stop(self) -> None:
         """Finish the write in flight and stop."""
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=60)

@@ -128,6 +128,10 @@ def test_stopped_node_that_wrote_offline_rejoins(make_cluster: MakeCluster) -> N
     assert sum(slot["p"] - slot["n"] for slot in counters.values()) == 6
 
 
+BULK = 10_000
+"""Graph nodes imported on n0 just before n1 is killed (about 3 MB: n1 is still receiving it)."""
+
+
 def bulk_update(path: Path, count: int) -> Path:
     """A Yjs update file with `count` graph nodes (one transaction), for `agentstate import`."""
     source = Replica.memory("bulk")
@@ -152,12 +156,13 @@ def test_node_killed_mid_sync_loses_nothing_acknowledged(make_cluster: MakeClust
     writer.start()
     try:
         writer.wait_acked(3)
-        bulk = bulk_update(tmp_path / "bulk.yupdate", 3000)
+        bulk = bulk_update(tmp_path / "bulk.yupdate", BULK)
         assert n0.cli("import", str(bulk)).code == 0
         assert n1.stop(signal.SIGKILL) == -signal.SIGKILL  # while n0 relays the import and the stream
         writer.wait_acked(len(writer.acked) + 2)
 
-        n1.start()  # dials both peers at once: catches up the import and the stream ...
+        n1.start()  # dials both peers at once and catches up the import and the stream ...
+        n1.wait_log("event=connected")
         assert n1.stop(signal.SIGKILL) == -signal.SIGKILL  # ... and dies in the middle of it
         writer.wait_acked(len(writer.acked) + 2)
         n1.start()
@@ -170,4 +175,4 @@ def test_node_killed_mid_sync_loses_nothing_acknowledged(make_cluster: MakeClust
     cluster.wait_tasks(acknowledged)
     _, _, tasks, _, graph_nodes = cluster.wait_converged()
     assert acknowledged <= set(tasks)
-    assert graph_nodes == 3000
+    assert graph_nodes == BULK

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from compat.errors import GoTError
 from compat.guard import JSONL_FILE_NAME, ConcurrencyGuard, StaleFileError, hash_content
 from replica import Replica

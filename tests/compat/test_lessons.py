@@ -51,7 +51,9 @@ def test_an_existing_file_gets_the_section_once(tmp_path: Path) -> None:
     assert [m["context"] for m in ENTRY.finditer(text)] == ["c0", "c1", "c2"]
 
 
-def test_the_default_file_is_claude_md_in_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_file_is_claude_md_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     result = append_lesson("c", "f", "r")
     assert result["success"] and result["path"] == str(tmp_path / "CLAUDE.md")

@@ -1,4 +1,4 @@
-"""compat.migrate: importing cortical.got directories (the real fixture and hand-made ones) without loss, idempotently."""
+"""compat.migrate: importing cortical.got directories (the real fixture and made-up ones) losslessly, idempotently."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def test_bad_entities_are_reported_and_not_imported(tmp_path: Path, target: Repl
     assert any("T-tampered.json" in p and "checksum mismatch" in p for p in report.problems)
     assert any("T-broken.json" in p and "unreadable" in p for p in report.problems)
     assert any("X-1.json" in p and "Unknown entity_type" in p for p in report.problems)
-    assert {"path": "entities/T-good.json.tmp", "reason": "not an entity file (temporary or lock file)"} in report.skipped
+    leftover = {"path": "entities/T-good.json.tmp", "reason": "not an entity file (temporary or lock file)"}
+    assert leftover in report.skipped
 
 
 def test_history_and_version_rules(tmp_path: Path, target: Replica) -> None:
@@ -197,7 +198,9 @@ def test_a_graph_wal_directory_becomes_the_replica_graph(tmp_path: Path, target:
 def test_events_are_kept_one_record_per_line(tmp_path: Path, target: Replica) -> None:
     old = tmp_path / "old" / "events"
     old.mkdir(parents=True)
-    events: List[Dict[str, object]] = [{"event": "node.create", "id": f"task:T-{n}", "data": {"n": n}} for n in range(3)]
+    events: List[Dict[str, object]] = [
+        {"event": "node.create", "id": f"task:T-{n}", "data": {"n": n}} for n in range(3)
+    ]
     (old / "sess-1.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n\nnot json\n[1]\n")
     report = migrate(tmp_path / "old", target)
     kept = target.collection(EVENTS_COLLECTION)

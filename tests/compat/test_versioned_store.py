@@ -1,4 +1,4 @@
-"""compat.versioned_store: the old store's behaviours, with entities, versions and history in the replica (sheet section 5)."""
+"""compat.versioned_store: the old store's behaviours; entities, versions and history in the replica (sheet §5)."""
 
 from __future__ import annotations
 
@@ -297,3 +297,13 @@ def test_another_process_holding_the_directory_is_named(tmp_path: Path, spawn: C
     assert child.finish() == 0
     with VersionedStore(tmp_path / "s") as store:
         assert store.current_version() == 0
+
+
+def test_a_stronger_opener_on_a_lazy_replica_still_gets_durable_writes(tmp_path: Path) -> None:
+    with VersionedStore(tmp_path / "s", DurabilityMode.RELAXED) as lazy:
+        lazy.write(Task(id="T-lazy", title="x"))
+        assert lazy.replica.durable_lsn < lazy.replica.last_lsn
+        with VersionedStore(tmp_path / "s", DurabilityMode.PARANOID) as strict:
+            assert strict.replica is lazy.replica
+            strict.write(Task(id="T-strict", title="y"))
+            assert strict.replica.durable_lsn == strict.replica.last_lsn
