@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 SPLIT_IN_THREAD_BYTES = 4 * 1024 * 1024
 """Updates at least this big are cut into frames off the event loop."""
 
+COALESCE_WINDOW = 0.0005
+"""Seconds the writer may wait for more updates to merge with a lone queued one, but only
+in a burst (the previous frame went out less than this long ago): an isolated write is
+sent at once, a stream of writes on this loop goes out in merged frames."""
+
 
 class Kind(enum.Enum):
     """What a queued item is."""
@@ -137,6 +142,11 @@ class SendQueue:
             self._bytes = sum(len(item.payload) for item in kept)
             self.resync_requested = False
 
+    def lone_update(self) -> bool:
+        """True when exactly one item is queued and it is a document update."""
+        with self._lock:
+            return len(self._items) == 1 and self._items[0].kind is Kind.UPDATE
+
     def pop(self, max_merge_bytes: int) -> list[_Item]:
         """The next item, or a run of consecutive updates totalling at most `max_merge_bytes`."""
         with self._lock:
@@ -204,6 +214,7 @@ class PeerConnection:
         self._held: list[bytes] | None = None
         self._pending_mark: tuple[bytes, int] | None = None
         self._sent_mark: bytes | None = None
+        self._last_sent = 0.0
         self._answered = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -322,6 +333,8 @@ class PeerConnection:
         while True:
             if self.queue.resync_requested:
                 await self._resync()
+            if time.monotonic() - self._last_sent < COALESCE_WINDOW and self.queue.lone_update():
+                await self._coalesce()
             if self._pending_mark is None and len(self.queue):
                 self._pending_mark = (self.replica.state_vector(), self.queue.last_seq)
             items = self.queue.pop(min(self.limits.batch_bytes, self.limits.max_update_size))
@@ -338,6 +351,21 @@ class PeerConnection:
             else:
                 await self._send_frame(first.payload, "frame")
             self._mark_sent(items[-1].seq)
+
+    async def _coalesce(self) -> None:
+        """In a burst, let producers on this loop add to a lone queued update before it is sent.
+
+        Yields to the event loop while the queue keeps growing, for at most
+        COALESCE_WINDOW seconds; what piled up is then merged into one frame.
+        """
+        deadline = time.monotonic() + COALESCE_WINDOW
+        size = len(self.queue)
+        while True:
+            await asyncio.sleep(0)
+            grown = len(self.queue)
+            if grown == size or self.queue.size_bytes >= self.limits.batch_bytes or time.monotonic() >= deadline:
+                return
+            size = grown
 
     def _mark_sent(self, seq: int) -> None:
         """Advance what the peer is known to hold once every item of the pending mark is out.
@@ -453,6 +481,7 @@ class PeerConnection:
     async def _send_frame(self, frame: bytes, kind: str) -> None:
         """Send one frame and count it."""
         await self.ws.send(frame)
+        self._last_sent = time.monotonic()
         self.counters["messages_out"] += 1
         self.counters["bytes_out"] += len(frame)
         self.counters[f"{kind}_frames_out"] += 1

@@ -276,6 +276,7 @@ async def test_reconnect_bytes_of_an_up_to_date_peer() -> None:
     a, b = Replica.memory("bench-a"), Replica.memory("bench-b")
     a.apply_update(board, origin="bootstrap")
     b.apply_update(a.diff(), origin="bootstrap")
+    a.apply_update(b.diff(), origin="bootstrap")  # b's own meta write
     assert converged(a, b)
     plain = len(a.diff(b.state_vector())) + len(b.diff(a.state_vector()))  # what two plain step 2s carry
     fast = ReconnectPolicy(initial=0.05, factor=2.0, maximum=0.4, jitter=0.5)

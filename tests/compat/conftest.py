@@ -16,10 +16,10 @@ import pytest
 REAL_DATA_DIR = Path(
     os.environ.get(
         "AGENTSTATE_REAL_GOT_DIR",
-        str(Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "cortical-got-real"),
+        str(Path(__file__).resolve().parents[1] / "fixtures" / "cortical-got-real"),
     )
 )
-"""A real cortical.got directory (``$AGENTSTATE_REAL_GOT_DIR``); tests that need it skip when it is absent."""
+"""A real cortical.got directory, vendored under tests/fixtures (override: ``$AGENTSTATE_REAL_GOT_DIR``)."""
 
 
 def pid_is_dead(pid: int) -> bool:
@@ -44,9 +44,8 @@ def dead_pid() -> int:
 
 @pytest.fixture
 def real_data_dir() -> Path:
-    """The real cortical.got fixture directory, or skip."""
-    if not (REAL_DATA_DIR / "entities").is_dir():
-        pytest.skip("real cortical.got fixture not available")
+    """The real cortical.got fixture directory; its absence is a failure, not a skip."""
+    assert (REAL_DATA_DIR / "entities").is_dir(), f"real cortical.got fixture missing at {REAL_DATA_DIR}"
     return REAL_DATA_DIR
 
 
