@@ -48,6 +48,7 @@ from pycrdt import Map
 from replica import Durability, Replica
 from replica.models import check_id, check_json, from_doc_number
 from replica.records import Clock, FieldConflict, Records, WriteRecord, join
+from replica.schema import observe_touched
 
 ENTITIES_COLLECTION = "got_entities"
 """Replica collection holding the entities."""
@@ -304,17 +305,10 @@ class ReplicaEntities:
         self._dirty: Set[str] = set()
         self._touches: Dict[str, int] = {}
         self._opened_fingerprint = self.fingerprint()
-        self._subscription = replica.doc.get(ENTITIES_COLLECTION, type=Map).observe_deep(self._on_change)
+        self._subscription = observe_touched(replica.doc.get(ENTITIES_COLLECTION, type=Map), self._on_change)
 
-    def _on_change(self, events: List[Any]) -> None:
+    def _on_change(self, touched: Set[str]) -> None:
         """Note every record a transaction touched (it must be verified again)."""
-        touched: Set[str] = set()
-        for event in events:
-            path = list(event.path)
-            if path:
-                touched.add(str(path[0]))
-            else:
-                touched.update(event.keys.keys())
         with self._verify_lock:
             self._dirty |= touched
             for entity_id in touched:

@@ -12,6 +12,7 @@ increments would be lost. The value is the sum of `p - n` over the counter's slo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Map
@@ -19,8 +20,7 @@ from pycrdt import Map
 from .changes import ChangeEvent
 from .errors import FieldError, NotFoundError
 from .models import MAX_SAFE_INT, InvalidRecord, check_id
-
-from .schema import COUNTERS
+from .schema import COUNTERS, observe_keys
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -85,14 +85,14 @@ class Counters:
         self._replica = replica
         self._root = replica.doc.get(COUNTERS, type=Map)
         self._by_name: dict[str, set[str]] | None = None
-        self._subscription = self._root.observe(self._on_change)
+        self._subscription = observe_keys(self._root, self._on_change)
 
-    def _on_change(self, event: Any) -> None:
+    def _on_change(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         """Keep the name -> slot keys index current, key by key, after every transaction."""
         index = self._by_name
         if index is None:
             return
-        for key, change in event.keys.items():
+        for key, change in keys.items():
             name = counter_name(key)
             if name is None:
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pycrdt import Map
@@ -28,7 +28,7 @@ from .models import (
     iso_now,
     validate_field,
 )
-from .schema import EDGES, NODES, REMOVED_NODES, plain, record_dict
+from .schema import EDGES, NODES, REMOVED_NODES, observe_keys, plain, record_dict
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -58,17 +58,17 @@ class Graph:
         self._in: dict[str, set[str]] = {}
         self._pending_edges: set[str] = set()
         self._pending_removed: set[str] = set()
-        self._edges.observe(self._on_edges)
-        self._removed.observe(self._on_removed)
+        self._subscriptions = (observe_keys(self._edges, self._on_edges),
+                               observe_keys(self._removed, self._on_removed))
 
-    def _on_edges(self, event: Any) -> None:
+    def _on_edges(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         self._generation += 1
         if self._replica._origin_is_remote():
-            self._pending_edges.update(k for k, c in event.keys.items() if c["action"] != "delete")
+            self._pending_edges.update(k for k, c in keys.items() if c["action"] != "delete")
 
-    def _on_removed(self, event: Any) -> None:
+    def _on_removed(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         if self._replica._origin_is_remote():
-            self._pending_removed.update(k for k, c in event.keys.items() if c["action"] != "delete")
+            self._pending_removed.update(k for k, c in keys.items() if c["action"] != "delete")
 
     def _index(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         """Adjacency from edge keys alone, rebuilt only after the edge set changed."""

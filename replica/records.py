@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from pycrdt import Map
 
 from .errors import FieldError, NotFoundError
 from .models import check_id, check_json, iso_now
-from .schema import plain
+from .schema import observe_keys, plain
 
 if TYPE_CHECKING:
     from .replica import Replica
@@ -132,17 +132,17 @@ class Records:
         self._writes = replica.doc.get(f"{name}_writes", type=Map)
         self._index: dict[str, set[str]] | None = None
         self._seq: int | None = None
-        self._writes.observe(self._on_writes)
+        self._subscription = observe_keys(self._writes, self._on_writes)
 
     @property
     def writer(self) -> str:
         """This incarnation's writer name: replica id and Yjs client id (unique per start)."""
         return f"{self._replica.replica_id}.{self._replica.client_id}"
 
-    def _on_writes(self, event: Any) -> None:
+    def _on_writes(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         if self._index is None:
             return
-        for key, change in event.keys.items():
+        for key, change in keys.items():
             record_id = key.rsplit("|", 2)[0]
             keys = self._index.setdefault(record_id, set())
             if change["action"] == "delete":

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pycrdt import Array, Map
 
 from .models import from_doc_number
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -43,6 +47,50 @@ def record_dict(ymap: Any) -> dict[str, Any]:
         value = plain(ymap)
         return value if isinstance(value, dict) else {}
     return {}
+
+
+KeysCallback = Callable[[Mapping[str, Mapping[str, Any]]], None]
+
+
+def observe_keys(ytype: Map, callback: KeysCallback) -> Any:
+    """Call `callback(changed keys)` after each transaction that changes `ytype`'s own keys.
+
+    Subscribes on the integrated yrs type: pycrdt's `observe` wrapper converts every slot
+    of every event and walks all new values in Python, which doubled the cost of a write
+    for observers that only need the keys. Keep the returned subscription alive: yrs
+    unsubscribes when it is garbage-collected.
+    """
+
+    def on_event(event: Any) -> None:
+        try:
+            callback(event.keys)
+        except Exception:
+            log.exception("key observer %r failed", callback)
+
+    return ytype.integrated.observe(on_event)
+
+
+def observe_touched(ytype: Map, callback: Callable[[set[str]], None]) -> Any:
+    """Call `callback(ids)` with the top-level keys of `ytype` whose entry a transaction changed.
+
+    Deep, but on the integrated type for the reason `observe_keys` gives; only event paths
+    and top-level keys are read. Keep the returned subscription alive.
+    """
+
+    def on_events(events: Any) -> None:
+        touched: set[str] = set()
+        try:
+            for event in events:
+                path = event.path
+                if path:
+                    touched.add(str(path[0]))
+                else:
+                    touched.update(event.keys)
+            callback(touched)
+        except Exception:
+            log.exception("deep observer %r failed", callback)
+
+    return ytype.integrated.observe_deep(on_events)
 
 
 def as_set_map(values: Any) -> Map:
