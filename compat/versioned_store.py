@@ -305,7 +305,7 @@ class ReplicaEntities:
         self._dirty: Set[str] = set()
         self._touches: Dict[str, int] = {}
         self._opened_fingerprint = self.fingerprint()
-        self._subscription = observe_touched(replica.doc.get(ENTITIES_COLLECTION, type=Map), self._on_change)
+        replica.keep_subscription(observe_touched(replica.doc.get(ENTITIES_COLLECTION, type=Map), self._on_change))
 
     def _on_change(self, touched: Set[str]) -> None:
         """Note every record a transaction touched (it must be verified again)."""

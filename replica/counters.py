@@ -85,7 +85,7 @@ class Counters:
         self._replica = replica
         self._root = replica.doc.get(COUNTERS, type=Map)
         self._by_name: dict[str, set[str]] | None = None
-        self._subscription = observe_keys(self._root, self._on_change)
+        replica.keep_subscription(observe_keys(self._root, self._on_change))
 
     def _on_change(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         """Keep the name -> slot keys index current, key by key, after every transaction."""

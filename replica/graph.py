@@ -58,8 +58,8 @@ class Graph:
         self._in: dict[str, set[str]] = {}
         self._pending_edges: set[str] = set()
         self._pending_removed: set[str] = set()
-        self._subscriptions = (observe_keys(self._edges, self._on_edges),
-                               observe_keys(self._removed, self._on_removed))
+        replica.keep_subscription(observe_keys(self._edges, self._on_edges))
+        replica.keep_subscription(observe_keys(self._removed, self._on_removed))
 
     def _on_edges(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         self._generation += 1

@@ -132,7 +132,7 @@ class Records:
         self._writes = replica.doc.get(f"{name}_writes", type=Map)
         self._index: dict[str, set[str]] | None = None
         self._seq: int | None = None
-        self._subscription = observe_keys(self._writes, self._on_writes)
+        replica.keep_subscription(observe_keys(self._writes, self._on_writes))
 
     @property
     def writer(self) -> str:

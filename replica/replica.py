@@ -115,6 +115,7 @@ class Replica:
         self._deep_subs: list[Any] = []
         self._compacting = threading.Lock()
         self._collections: dict[str, Records] = {}
+        self._subscriptions: list[Any] = []
         self.meta = doc.get(META, type=Map)
         for name, kind in ((TASKS, Map), (NODES, Map), (EDGES, Map), (REMOVED_NODES, Map),
                            (COUNTERS, Map), (LESSONS, Array)):
@@ -369,6 +370,11 @@ class Replica:
         async for event in self._feed.iterate(maxsize):
             yield event
 
+    def keep_subscription(self, subscription: Any) -> Any:
+        """Hold a yrs subscription until the replica closes, then drop it (so the replica can be freed)."""
+        self._subscriptions.append(subscription)
+        return subscription
+
     def collection(self, name: str, *, ignore_fields: tuple[str, ...] = ()) -> Records:
         """A named collection of keyed JSON records with write history and conflicts (one per name)."""
         with self._lock:
@@ -461,6 +467,13 @@ class Replica:
                 self._log = None
         if self.datadir is not None:
             self.datadir.unlock()
+        self.doc.unobserve(self._doc_sub)
+        for root, subscription in self._deep_subs:
+            root.unobserve(subscription)
+        self._deep_subs.clear()
+        for subscription in self._subscriptions:
+            subscription.drop()
+        self._subscriptions.clear()
         self._feed.close()
 
     def __enter__(self) -> Replica:

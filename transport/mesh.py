@@ -276,6 +276,10 @@ class Mesh:
         self._started = True
         self._changed = asyncio.Condition()
         self._unsubscribe = self.replica.on_update(self._on_replica_update)
+        if self.use_digest:
+            # warm the digest cache (and the worker thread) while the first dial connects;
+            # _digest() checks the generation again when a connection asks for it
+            self._spawn(self._digest())
         if self.listen is not None:
             await self._listen(*self.listen)
         for target in self._targets:

@@ -1,15 +1,25 @@
 """Transport benchmarks (issue 3): our mesh against pycrdt.websocket, measured in the same run.
 
-Run: `python -m pytest tests/bench/test_bench_transport.py -s -p no:cacheprovider`.
+Run: `python -m pytest tests/bench/test_bench_transport.py -s -p no:cacheprovider` (about 2.5 min).
 
 Their baseline: pycrdt.websocket's `WebsocketServer` relaying between two pycrdt `Provider`
 clients, three processes, compression off. Ours: two replicas (on disk, LAZY) meshed
 over one connection, two processes (A listens, B dials). Every process is a
 `tests/bench/transport_peer.py` driven over pipes; times come from CLOCK_MONOTONIC, which
 every process on the machine shares, so "written on A at t0, visible on B at t1" is
-measured across processes. Writers on both sides do the same Y writes (a task's status
-and updated_at in one transaction: the typed API on our side, raw pycrdt on theirs) and
-yield to their event loop after each write.
+measured across processes (B notes the time right after applying each update). Writers
+on both sides do the same Y writes (a task's status and updated_at in one transaction:
+the typed API on our side, raw pycrdt on theirs) and yield to their event loop after
+each write.
+
+- latency: A writes one update every 2 ms (several times the latency: one at a time, and
+  no pipe traffic while measuring); both setups stay up and take turns in 4 rounds;
+- throughput: 20,000 updates as fast as possible, until B holds the last; twice each;
+- catch-up: B (a fresh process) dials A after A wrote 50,000 updates; raw = pycrdt
+  `get_update` + `apply_update` of A's state inside A's process (median of 5);
+- reconnect bytes: in one process (bytes do not depend on processes);
+- fan-out: 8 processes per setup, a star each (ours: hub + 7 leaves; theirs: server +
+  7 clients), the writer a leaf; then ours as a full mesh.
 """
 
 from __future__ import annotations
@@ -173,15 +183,17 @@ async def test_latency_and_throughput(tmp_path: Path) -> None:
                  "ours": await ours_pair(tmp_path / "ours", spawned)}
         # latency: both setups stay up and take turns, so that noise on the machine hits both
         latencies: dict[str, list[float]] = {side: [] for side in sides}
-        rounds = 4
+        rounds, written = 4, 0
         for round_index in range(rounds):
+            warmup = 200 if round_index == 0 else 20
+            written += warmup + LATENCY_UPDATES // rounds
             for side, (a, b) in sides.items():
-                latencies[side] += await measure_latency(
-                    a, b, LATENCY_UPDATES // rounds, warmup=200 if round_index == 0 else 20,
-                    start=round_index * 1000)
+                latencies[side] += await measure_latency(a, b, LATENCY_UPDATES // rounds, warmup=warmup,
+                                                         start=round_index * 1000)
         # throughput: twice each, alternating; the median of two is their mean
         rates: dict[str, list[float]] = {side: [] for side in sides}
         for run in range(2):
+            written += THROUGHPUT_UPDATES
             for side, (a, b) in sides.items():
                 start = 10_000 + run * THROUGHPUT_UPDATES
                 rates[side].append(await measure_throughput(a, b, THROUGHPUT_UPDATES, start=start))
@@ -195,8 +207,7 @@ async def test_latency_and_throughput(tmp_path: Path) -> None:
            percentile(theirs, 0.99), "us", goal="<= 0.5x", higher_is_better=False, baseline_name="pycrdt.ws")
     report(f"throughput A->B, {THROUGHPUT_UPDATES:,} updates (mean of 2)", statistics.fmean(rates["ours"]),
            statistics.fmean(rates["theirs"]), "upd/s", goal=">= 2x", baseline_name="pycrdt.ws")
-    print(f"  ours: B received {totals['messages_in']:,} frames for "
-          f"{LATENCY_UPDATES + 220 + 2 * THROUGHPUT_UPDATES:,} updates (the rest was merged)")
+    print(f"  ours: B received {totals['messages_in']:,} frames for {written:,} updates (bursts are merged)")
 
 
 async def test_catch_up(tmp_path: Path) -> None:
@@ -304,50 +315,59 @@ async def test_reconnect_bytes_of_an_up_to_date_peer() -> None:
 
 
 async def test_fan_out(tmp_path: Path) -> None:
-    """8 replicas, 8 processes each side: a star (one hub, the writer a leaf) against pycrdt.websocket's star."""
-    readers = FANOUT_REPLICAS - 2
+    """8 replicas in 8 processes per setup: our star (a hub, the writer one of 7 leaves) against
+    pycrdt.websocket's star (its server, the writer one of 7 clients); then our full mesh."""
+    leaves = FANOUT_REPLICAS - 1
     async with peers(tmp_path) as spawned:
         hub = await Peer.spawn(tmp_path, "ours-hub", "ours", "--listen", "--data", str(tmp_path / "hub"))
         spawned.append(hub)
-        writer = await Peer.spawn(tmp_path, "ours-writer", "ours", "--data", str(tmp_path / "writer"),
-                                  "--tasks", str(TASKS), "--peer", hub.url)
-        spawned.append(writer)
-        leaves = []
-        for index in range(readers):
-            leaf = await Peer.spawn(tmp_path, f"ours-leaf{index}", "ours", "--data", str(tmp_path / f"leaf{index}"),
-                                    "--peer", hub.url)
-            spawned.append(leaf)
-            leaves.append(leaf)
-        ours_readers = [hub, *leaves]
-        for reader in ours_readers:
-            await reader.call("expect", client=writer.client_id, clock=writer.info["clock"])
-        ours = await fan_out(writer, ours_readers, FANOUT_UPDATES)
-        for peer in [hub, writer, *leaves]:
-            await peer.close()
+        nodes = [hub]
+        for index in range(leaves):
+            extra = ["--tasks", str(TASKS)] if index == 0 else []
+            nodes.append(await Peer.spawn(tmp_path, f"ours-leaf{index}", "ours", "--data",
+                                          str(tmp_path / f"leaf{index}"), "--peer", hub.url, *extra))
+            spawned.append(nodes[-1])
+        ours_star = await fan_out(nodes[1], [hub, *nodes[2:]], FANOUT_UPDATES)
+        for node in nodes:
+            await node.close()
 
         server = await Peer.spawn(tmp_path, "theirs-server", "theirs-server")
         spawned.append(server)
-        their_writer = await Peer.spawn(tmp_path, "theirs-writer", "theirs-client", "--tasks", str(TASKS))
-        spawned.append(their_writer)
-        await their_writer.call("join", url=server.url)
-        their_readers = []
-        for index in range(readers):
-            reader = await Peer.spawn(tmp_path, f"theirs-reader{index}", "theirs-client")
-            spawned.append(reader)
-            await reader.call("join", url=server.url)
-            their_readers.append(reader)
-        for reader in their_readers:
-            await reader.call("expect", client=their_writer.client_id, clock=their_writer.info["clock"])
-        theirs = await fan_out(their_writer, their_readers, FANOUT_UPDATES)
-    report(f"fan-out: {FANOUT_UPDATES:,} updates to all of {FANOUT_REPLICAS} replicas (star, 8 processes)",
-           ours, theirs, "s", goal="reported", higher_is_better=False, baseline_name="pycrdt.ws")
+        clients = []
+        for index in range(leaves):
+            extra = ["--tasks", str(TASKS)] if index == 0 else []
+            clients.append(await Peer.spawn(tmp_path, f"theirs-client{index}", "theirs-client", *extra))
+            spawned.append(clients[-1])
+            await clients[-1].call("join", url=server.url)
+        theirs_star = await fan_out(clients[0], clients[1:], FANOUT_UPDATES)  # the server holds it first
+        for client in [*clients, server]:
+            await client.close()
+
+        mesh_nodes: list[Peer] = []
+        for index in range(FANOUT_REPLICAS):
+            args = ["--listen", "--data", str(tmp_path / f"full{index}")]
+            args += ["--tasks", str(TASKS)] if index == 0 else []
+            for other in mesh_nodes:
+                args += ["--peer", other.url]
+            mesh_nodes.append(await Peer.spawn(tmp_path, f"ours-full{index}", "ours", *args))
+            spawned.append(mesh_nodes[-1])
+        ours_full = await fan_out(mesh_nodes[0], mesh_nodes[1:], FANOUT_UPDATES)
+        frames = [(await node.call("stats"))["messages_in"] for node in mesh_nodes[1:]]
     raw = raw_fan_out(FANOUT_UPDATES, FANOUT_REPLICAS - 1)
-    report(f"fan-out: {FANOUT_UPDATES:,} updates to all of {FANOUT_REPLICAS} replicas, vs raw applies",
-           ours, raw, "s", goal="reported", higher_is_better=False, baseline_name="raw apply x7")
+    report(f"fan-out {FANOUT_UPDATES:,} updates, 8 replicas, star (8 processes)", ours_star, theirs_star, "s",
+           goal="reported", higher_is_better=False, baseline_name="pycrdt.ws")
+    report(f"fan-out {FANOUT_UPDATES:,} updates, 8 replicas, star, vs raw applies", ours_star, raw, "s",
+           goal="reported", higher_is_better=False, baseline_name="raw x7")
+    report(f"fan-out {FANOUT_UPDATES:,} updates, 8 replicas, full mesh (28 links)", ours_full, theirs_star, "s",
+           goal="reported", higher_is_better=False, baseline_name="pycrdt.ws")
+    print(f"  full mesh: each replica received {min(frames):,}-{max(frames):,} frames (every update arrives "
+          "from all 7 neighbours: flooding, redundant copies are dropped)")
 
 
 async def fan_out(writer: Peer, readers: list[Peer], count: int) -> float:
-    """Seconds from the writer's first write until every reader holds the last one."""
+    """Seconds from the writer's first write until every reader holds the last one (after an initial sync)."""
+    for reader in readers:
+        await reader.call("expect", client=writer.client_id, clock=writer.info["clock"], timeout=120)
     written = await writer.call("write", n=count, start=5000, yield_every=1, timeout=300)
     seen = await asyncio.gather(*(reader.call("expect", client=writer.client_id, clock=written["clock"],
                                               timeout=300) for reader in readers))

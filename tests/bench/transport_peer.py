@@ -116,7 +116,9 @@ class Ours:
     def __init__(self, args: argparse.Namespace) -> None:
         from replica import Replica
         from transport.limits import ReconnectPolicy
+        from transport.mesh import Mesh
 
+        self.mesh_class = Mesh  # imported up front: not part of any measured interval
         self.progress = Progress()
         if args.data:
             self.replica = Replica.open(args.data, replica_id=args.name, durability="lazy")
@@ -140,9 +142,7 @@ class Ours:
         return self.info()
 
     async def _mesh(self, peers: list[str], listen: tuple[str, int] | None) -> Any:
-        from transport.mesh import Mesh
-
-        mesh = Mesh(self.replica, room="bench", listen=listen, peers=peers, reconnect=self.reconnect,
+        mesh = self.mesh_class(self.replica, room="bench", listen=listen, peers=peers, reconnect=self.reconnect,
                     awareness_interval=3600)
         self.meshes.append(mesh)
         await mesh.start()
@@ -196,6 +196,13 @@ class TheirsClient:
     """A pycrdt Doc synced by pycrdt's Provider through pycrdt.websocket's server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        import pycrdt.websocket  # noqa: F401  (imported up front: not part of any measured interval)
+        from pycrdt import Provider
+        from websockets.asyncio.client import connect
+
+        from tests.interop.ywskit import WebsocketsChannel
+
+        self.provider_class, self.connect, self.channel_class = Provider, connect, WebsocketsChannel
         self.progress = Progress()
         self.doc = RecordingDoc()
         self.doc.progress = self.progress
@@ -235,15 +242,12 @@ class TheirsClient:
         """Connect a Provider to `url` (room = path); return the time just before."""
         from contextlib import AsyncExitStack
 
-        from pycrdt import Provider
-        from websockets.asyncio.client import connect
-
-        from tests.interop.ywskit import WebsocketsChannel
-
         t0 = now()
         self._stack = AsyncExitStack()
-        ws = await self._stack.enter_async_context(connect(url, compression=None, max_size=None, ping_interval=None))
-        await self._stack.enter_async_context(Provider(self.doc, WebsocketsChannel(ws, "/" + url.rsplit("/", 1)[1])))
+        ws = await self._stack.enter_async_context(
+            self.connect(url, compression=None, max_size=None, ping_interval=None))
+        channel = self.channel_class(ws, "/" + url.rsplit("/", 1)[1])
+        await self._stack.enter_async_context(self.provider_class(self.doc, channel))
         return t0
 
     def raw_catchup(self) -> float:
