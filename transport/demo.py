@@ -23,6 +23,7 @@ NAMES = ("alpha", "beta", "gamma")
 
 
 def _free_port() -> int:
+    """A loopback port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -58,6 +59,7 @@ def _fingerprint(replica: Replica) -> tuple[tuple[tuple[int, int], ...], bytes]:
 
 
 async def _converged(replicas: list[Replica], timeout: float) -> float:
+    """Seconds until every replica holds the same document (raw encodings differ in client order)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if len({_fingerprint(r) for r in replicas}) == 1:

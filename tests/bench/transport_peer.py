@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -263,18 +264,8 @@ class TheirsClient:
     async def stop(self) -> None:
         """Disconnect (pending updates are dropped: the benchmark already waited for them)."""
         if self._stack is not None:
-            with contextlib_suppress():
+            with suppress(Exception):
                 await asyncio.wait_for(self._stack.aclose(), 5)
-
-
-class contextlib_suppress:
-    """Suppress any exception (closing a provider whose socket is already gone)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 class TheirsServer:
@@ -296,7 +287,7 @@ class TheirsServer:
 
     async def stop(self) -> None:
         """Stop serving."""
-        with contextlib_suppress():
+        with suppress(Exception):
             await asyncio.wait_for(self._context.__aexit__(None, None, None), 5)
 
 

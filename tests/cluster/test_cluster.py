@@ -23,6 +23,8 @@ TOPOLOGIES: dict[str, tuple[int, list[tuple[int, int]]]] = {
     "full": (4, [(a, b) for a in range(4) for b in range(4) if a != b]),
 }
 
+pytestmark = pytest.mark.slow
+
 MakeCluster = Callable[[int, list[tuple[int, int]]], Cluster]
 
 
@@ -32,11 +34,12 @@ def make_cluster(tmp_path: Path) -> Iterator[MakeCluster]:
     clusters: list[Cluster] = []
 
     def make(count: int, edges: list[tuple[int, int]]) -> Cluster:
-        cluster = Cluster(tmp_path / f"c{len(clusters)}", count, edges)
+        root = tmp_path / f"c{len(clusters)}"
+        root.mkdir()
+        cluster = Cluster(root, count, edges)
         clusters.append(cluster)
         return cluster
 
-    (tmp_path / "c0").mkdir()
     yield make
     for cluster in clusters:
         cluster.close()
