@@ -712,16 +712,22 @@ class Mesh:
     def _apply(self, conn: PeerConnection, update: bytes) -> bool:
         """Apply a peer's update with the peer as origin; refuse bad bytes with 4400.
 
-        Updates up to `limits.integrity_check_bytes` are cut to the part that integrates at
-        once (`transport.updates.integrable_part`); the rest is asked for again (`_defer`).
+        Updates up to `limits.integrity_check_bytes` are parsed first: malformed ones are
+        refused (pycrdt would integrate a prefix of them and ignore the rest), and the part
+        that cannot integrate at once is cut off and asked for again (`_defer`).
         """
         before = decode_state_vector(self.replica.state_vector())
         problem = None
         if len(update) <= self.limits.integrity_check_bytes:
             try:
                 update, problem = integrable_part(update, before)
-            except UpdateFormatError:
-                problem = None
+            except UpdateFormatError as error:
+                self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"malformed update: {error}")
+                return False
+            except Exception as error:
+                log.exception("event=integrity_check_failed peer=%s bytes=%d", conn.name, len(update))
+                self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"update could not be checked: {error}")
+                return False
         try:
             changed = self.replica.apply_update(update, origin=conn.origin)
         except InvalidUpdateError as error:

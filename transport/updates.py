@@ -76,6 +76,8 @@ class _Cursor:
         """Skip `count` varuints in one regex pass (delete sets hold hundreds of thousands)."""
         if count == 0:
             return
+        if count > len(self.data) - self.pos:
+            raise UpdateFormatError(f"update claims {count} numbers but has {len(self.data) - self.pos} bytes left")
         pattern = _VARUINT_RUNS.get(count)
         if pattern is None:
             pattern = re.compile(rb"(?:[\x80-\xff]*[\x00-\x7f]){%d}" % count)

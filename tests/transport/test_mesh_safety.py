@@ -306,3 +306,22 @@ async def test_a_forged_future_struct_cannot_hit_the_servers_own_later_writes() 
                 a.tasks.create(f"own write {index}")
             await wait_converged(a, b)
             assert "further" not in snapshot(a).get("notes", type=Map)
+
+
+async def test_an_update_with_trailing_junk_is_refused_not_half_applied() -> None:
+    """Found by the live fuzz test: pycrdt ignores bytes after an update's delete set, so a
+    malformed update could slip pending parts past the integrity check and later delete a
+    peer's real write. Such an update must be refused with 4400 and change nothing."""
+    server = Replica.memory("trailing-junk-server")
+    server.tasks.create("seed", id="t-seed")
+    node = mesh(server)
+    async with running(node):
+        before = fingerprint(server)
+        client = await raw_client(node.url)
+        await receive_message(client, SyncStep1)
+        forged = server.diff(None) + b"\x01\x02\x03"
+        await client.send(encode(SyncUpdate(forged)))
+        code = await close_code_of(client)
+        assert code == closecodes.PROTOCOL_ERROR
+        assert fingerprint(server) == before
+        assert node.status()["rejections"].get("invalid_update", 0) == 1

@@ -221,3 +221,12 @@ def test_integrable_part_refuses_deletions_of_clocks_not_yet_written() -> None:
     part, problem = integrable_part(forged, decode_state_vector(other.get_state()))
     assert problem is not None and "deletion" in problem
     assert part == b"\x00\x00"
+
+
+def test_a_run_of_numbers_longer_than_the_update_is_refused_not_crashed() -> None:
+    """Found by the live fuzz test: a huge claimed count must be a format error, not a regex overflow."""
+    from transport.updates import UpdateFormatError, _Cursor
+
+    cursor = _Cursor(b"\x01\x02\x03")
+    with pytest.raises(UpdateFormatError):
+        cursor.skip_varuints(2**40)
