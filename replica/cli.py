@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -50,19 +51,31 @@ class Session:
         self.debug = debug
 
     def endpoint(self) -> Endpoint | None:
-        """The running daemon's endpoint, if one publishes it and actually holds the lock."""
+        """The running daemon's endpoint, if one published it and its process is alive.
+
+        Never touches the directory lock: probing it by taking it could make a `serve`
+        that is just starting fail.
+        """
         endpoint = Endpoint.read(self.datadir.daemon_file)
         if endpoint is None:
             return None
-        if not self.datadir.is_locked():
+        try:
+            os.kill(endpoint.pid, 0)
+        except ProcessLookupError:
             return None
+        except PermissionError:
+            pass
         return endpoint
 
     def run(self, name: str, params: dict[str, Any], *, create: bool = False) -> Any:
         """Run a command via the daemon if one holds the directory, else on a local replica."""
         endpoint = self.endpoint()
+        unreachable: ControlError | None = None
         if endpoint is not None:
-            return call(endpoint, name, params)
+            try:
+                return call(endpoint, name, params)
+            except ControlError as error:
+                unreachable = error
         if not create and not self.datadir.exists():
             raise ReplicaError(
                 f"{self.datadir.path} is not an agentstate data directory (run `agentstate init` first, "
@@ -70,8 +83,10 @@ class Session:
             )
         try:
             replica = Replica.open(self.datadir.path)
-        except DataDirLockedError as exc:
-            raise DataDirLockedError(exc.path, exc.holder) from None
+        except DataDirLockedError:
+            if unreachable is not None:
+                raise unreachable from None
+            raise
         try:
             self.datadir.daemon_file.unlink(missing_ok=True)
             return commands.execute(replica, name, params)

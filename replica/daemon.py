@@ -17,6 +17,8 @@ from typing import Any
 
 from . import commands
 from .control import ControlServer, Endpoint, new_token
+from .datadir import DAEMON_FILE
+from .errors import DataDirLockedError
 from .durability import Durability
 from .exitcodes import exit_code_for
 from .replica import Replica
@@ -71,7 +73,7 @@ class Daemon:
 
     async def run(self, ready: Callable[[Daemon], None] | None = None) -> None:
         """Open, serve until stopped, then flush and release everything."""
-        self.replica = Replica.open(self.path, durability=self.durability)
+        self.replica = await self._open()
         try:
             for line in self.replica.open_report.warnings:
                 log.warning("recovery: %s", line)
@@ -93,6 +95,20 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self._shutdown()
+
+    async def _open(self, patience: float = 10.0) -> Replica:
+        """Open the replica, waiting a little if a one-shot command holds the directory right now."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            try:
+                return Replica.open(self.path, durability=self.durability)
+            except DataDirLockedError as error:
+                holder = error.holder.get("pid")
+                if loop.time() >= deadline or Endpoint.read(self.path / DAEMON_FILE) is not None:
+                    raise
+                log.info("waiting for pid %s to release %s", holder, self.path)
+                await asyncio.sleep(0.05)
 
     async def _shutdown(self) -> None:
         await stop_services(self.services)

@@ -87,22 +87,6 @@ class DataDir:
             return None
         return value if isinstance(value, dict) else None
 
-    def is_locked(self) -> bool:
-        """True if some process (possibly this one) holds the lock right now."""
-        if self._lock_fd is not None:
-            return True
-        try:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     def unlock(self) -> None:
         """Release the lock (the file stays)."""
         if self._lock_fd is not None:

@@ -202,3 +202,25 @@ def test_a_directory_held_by_a_plain_process_is_reported(agentstate: Agentstate)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_serve_waits_for_a_one_shot_holder_instead_of_failing(agentstate: Agentstate) -> None:
+    """A command holding the directory for a moment must not make a starting daemon fail."""
+    import sys
+
+    agentstate("init")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from replica import Replica; r = Replica.open(sys.argv[1]); "
+         "print('held', flush=True); time.sleep(1.0); r.close()", str(agentstate.data)],
+        stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        proc = agentstate.serve()
+        try:
+            assert agentstate("status", "--json").json()["daemon"]["pid"] == proc.pid
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    finally:
+        holder.wait(timeout=30)
