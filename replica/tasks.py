@@ -37,8 +37,20 @@ def new_task_id() -> str:
     return f"T-{utc_now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
 
 
+_STATUS_VALUES = frozenset(m.value for m in TaskStatus)
+_PRIORITY_VALUES = frozenset(m.value for m in Priority)
+
+
 def _scalar(field: str, value: Any) -> Any:
-    """Validate one scalar task field and return what the Doc stores for it."""
+    """Validate one scalar task field and return what the Doc stores for it.
+
+    Plain valid status and priority strings pass a set lookup; everything else goes
+    through pydantic, which stays the definition and the source of error messages.
+    """
+    if type(value) is str and (
+        (field == "status" and value in _STATUS_VALUES) or (field == "priority" and value in _PRIORITY_VALUES)
+    ):
+        return value
     checked = validate_field(Task, "task", field, value)
     if isinstance(checked, (TaskStatus, Priority)):
         return checked.value

@@ -175,6 +175,7 @@ class UpdateLog:
         self.bytes_since_snapshot = 0
         self._packer = msgpack.Packer(use_bin_type=True)
         self._balanced = self.durability is Durability.BALANCED
+        self._write_through = self.durability is Durability.PARANOID
 
     def replay(self, after_lsn: int = 0) -> tuple[Iterator[Record], ReplayReport]:
         """Read every record with lsn > after_lsn, checking sequence continuity across segments.
@@ -242,7 +243,8 @@ class UpdateLog:
         """Map the newest segment (or start one) for appending, and start the flusher."""
         segments = list_segments(self.directory)
         if segments and self._append_end >= SEGMENT_HEADER_SIZE:
-            self._segment = _OpenSegment.open(segments[-1][1], self._append_end, self.segment_size)
+            self._segment = _OpenSegment.open(segments[-1][1], self._append_end, self.segment_size,
+                                              write_through=self._write_through)
         else:
             self._start_segment(0)
         if self.durability is Durability.BALANCED:
@@ -253,7 +255,8 @@ class UpdateLog:
         """Create the segment that the next record opens, durably unless LAZY."""
         path = self.directory / segment_name(self._next_lsn)
         capacity = max(self.segment_size, need + SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE)
-        self._segment = _OpenSegment.create(path, capacity, sync=self.durability is not Durability.LAZY)
+        self._segment = _OpenSegment.create(path, capacity, sync=self.durability is not Durability.LAZY,
+                                            write_through=self._write_through)
         if self.durability is not Durability.LAZY:
             fsync_directory(self.directory)
 
@@ -284,12 +287,20 @@ class UpdateLog:
                 raise StorageError(f"the update log failed earlier: {self._failure}") from self._failure
             lsn = self._next_lsn
             frame = encode_record(lsn, kind, payload, self._packer)
+            size = len(frame)
             try:
-                if not segment.fits(len(frame)):
-                    self._roll(len(frame))
+                end = segment.end + size
+                if end + FRAME_HEADER_SIZE > segment.capacity:
+                    self._roll(size)
                     segment = self._segment
                     assert segment is not None
-                segment.write(frame)
+                    end = segment.end + size
+                mm = segment.mm
+                if mm is not None and end < segment.release_at:
+                    mm[segment.end : end] = frame
+                    segment.end = end
+                else:
+                    segment.write(frame)
             except (OSError, ValueError) as exc:
                 self._failure = exc
                 raise StorageError(f"cannot append to {segment.path}: {exc}") from exc
@@ -428,18 +439,25 @@ class UpdateLog:
 
 
 class _OpenSegment:
-    """The segment being appended to: a preallocated sparse file mapped shared into memory."""
+    """The segment being appended to: a preallocated sparse file, mapped shared into memory.
 
-    def __init__(self, path: Path, fd: int, mm: mmap.mmap, end: int) -> None:
+    With `write_through` (PARANOID) there is no map: each frame is written with pwrite,
+    since every record is fsynced at once anyway, and a mapped page would take a fault
+    on the first write after each fsync. The file is preallocated either way, so an
+    fsync never has to change its size.
+    """
+
+    def __init__(self, path: Path, fd: int, mm: mmap.mmap | None, end: int, capacity: int) -> None:
         self.path = path
         self.fd = fd
         self.mm = mm
         self.end = end
-        self.capacity = len(mm)
+        self.capacity = capacity
         self._released = (end // RELEASE_CHUNK) * RELEASE_CHUNK
+        self.release_at = self._released + 2 * RELEASE_CHUNK
 
     @classmethod
-    def create(cls, path: Path, capacity: int, *, sync: bool) -> _OpenSegment:
+    def create(cls, path: Path, capacity: int, *, sync: bool, write_through: bool = False) -> _OpenSegment:
         """A new segment holding just its header; the header is fsynced unless `sync` is False."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -448,24 +466,24 @@ class _OpenSegment:
             os.ftruncate(fd, capacity)
             if sync:
                 _sync_file(fd)
-            mm = mmap.mmap(fd, capacity)
+            mm = None if write_through else mmap.mmap(fd, capacity)
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, mm, len(header))
+        return cls(path, fd, mm, len(header), capacity)
 
     @classmethod
-    def open(cls, path: Path, end: int, capacity: int) -> _OpenSegment:
+    def open(cls, path: Path, end: int, capacity: int, *, write_through: bool = False) -> _OpenSegment:
         """Reopen an existing segment whose valid records end at `end`."""
         fd = os.open(path, os.O_RDWR)
         try:
             size = max(capacity, os.fstat(fd).st_size, end + FRAME_HEADER_SIZE)
             os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
+            mm = None if write_through else mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, mm, end)
+        return cls(path, fd, mm, end, size)
 
     def fits(self, length: int) -> bool:
         """True if a frame of `length` bytes fits, leaving room for the zero end marker."""
@@ -474,20 +492,27 @@ class _OpenSegment:
     def write(self, frame: bytes) -> None:
         """Copy a frame in; it is in the page cache (safe from a process crash) on return."""
         end = self.end + len(frame)
-        self.mm[self.end : end] = frame
+        if self.mm is None:
+            written = os.pwrite(self.fd, frame, self.end)
+            if written != len(frame):
+                raise OSError(f"short write: {written} of {len(frame)} bytes")
+        else:
+            self.mm[self.end : end] = frame
+            if end >= self.release_at:
+                self._release(end)
         self.end = end
-        if end - self._released >= 2 * RELEASE_CHUNK:
-            self._release(end)
 
     def _release(self, end: int) -> None:
         """Unmap written pages from this process (they stay in the page cache) to bound RSS."""
+        assert self.mm is not None
         upto = ((end - RELEASE_CHUNK) // mmap.PAGESIZE) * mmap.PAGESIZE
         if upto > self._released and hasattr(self.mm, "madvise"):
             self.mm.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
             self._released = upto
+        self.release_at = self._released + 2 * RELEASE_CHUNK
 
     def sync(self) -> None:
-        """Write the mapped pages to disk.
+        """Write the segment's dirty pages to disk.
 
         fdatasync on the file flushes pages dirtied through the shared map too (Linux), and
         unlike mmap.flush it releases the GIL, so other threads keep appending meanwhile.
@@ -496,7 +521,8 @@ class _OpenSegment:
 
     def close(self, *, truncate: bool) -> None:
         """Unmap and close; `truncate` trims the preallocated zeros after the last record."""
-        self.mm.close()
+        if self.mm is not None:
+            self.mm.close()
         try:
             if truncate:
                 os.ftruncate(self.fd, self.end)
