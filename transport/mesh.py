@@ -63,6 +63,10 @@ HELLO_HEADER = "X-Agentstate-Hello"
 """Request header by which a dialing agentstate node announces that a hello comes first."""
 
 CAPABILITIES = frozenset({"digest"})
+DIGEST_INLINE_SECONDS = 0.005
+"""A digest that took longer than this is only sent when already cached (see `_opening_digest`)."""
+DIGEST_SETTLE_SECONDS = 0.5
+"""How long writes must pause before a costly digest is recomputed in the background."""
 """Optional behaviour this node announces in its hello."""
 
 HELLO_WAIT = 2.0
@@ -223,6 +227,7 @@ class Mesh:
         self._totals: Counter[str] = Counter()
         self._generation = 0
         self._digest_cache: tuple[int, bytes] | None = None
+        self._digest_cost = 0.0
         self._server: Server | None = None
         self._address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -280,6 +285,7 @@ class Mesh:
             # warm the digest cache (and the worker thread) while the first dial connects;
             # _digest() checks the generation again when a connection asks for it
             self._spawn(self._digest())
+            self._tasks.append(asyncio.create_task(self._digest_refresh_loop(), name="agentstate-digest"))
         if self.listen is not None:
             await self._listen(*self.listen)
         for target in self._targets:
@@ -535,7 +541,7 @@ class Mesh:
         release_timer: asyncio.TimerHandle | None = None
         try:
             state_vector = self.replica.state_vector()
-            digest = await self._digest() if self.use_digest and (target is not None or expects_hello) else None
+            digest = await self._opening_digest() if self.use_digest and (target is not None or expects_hello) else None
             opening = session.start(state_vector, digest=digest)
             conn.start_state_vector, conn.start_digest = state_vector, digest
             snapshot = self._awareness.encode_all()
@@ -823,13 +829,41 @@ class Mesh:
         cached = self._digest_cache
         if cached is not None and cached[0] == generation:
             return cached[1]
+        started = time.monotonic()
         try:
             digest = await asyncio.to_thread(self._compute_digest)
         except UpdateFormatError as error:
             log.warning("event=digest_unavailable error=%s", json.dumps(str(error)))
             return None
+        self._digest_cost = time.monotonic() - started
         self._digest_cache = (generation, digest)
         return digest
+
+    async def _opening_digest(self) -> bytes | None:
+        """The digest to open a connection with, without making a big document's peers wait.
+
+        Cheap digests are computed on the spot. A costly one is only used when cached for
+        the current state, which `_digest_refresh_loop` keeps true once writes pause: the
+        digest only pays off between peers that are already equal, that is, at rest. A
+        peer that gets no digest is simply sent the ordinary diff.
+        """
+        cached = self._digest_cache
+        if cached is not None and cached[0] == self._generation:
+            return cached[1]
+        if self._digest_cost <= DIGEST_INLINE_SECONDS:
+            return await self._digest()
+        return None
+
+    async def _digest_refresh_loop(self) -> None:
+        """Recompute the digest once writes have paused for `DIGEST_SETTLE_SECONDS`."""
+        seen = self._generation
+        while True:
+            await asyncio.sleep(DIGEST_SETTLE_SECONDS)
+            current = self._generation
+            cached = self._digest_cache
+            if current == seen and (cached is None or cached[0] != current):
+                await self._digest()
+            seen = current
 
     def _compute_digest(self) -> bytes:
         """Hash of the state vector and the delete set (see transport.updates.state_digest)."""
