@@ -6,11 +6,14 @@ readable and new ones stay readable by old code):
 - ``logs/wal_<YYYY-MM-DD_HHMMSS>_<NNN>.jsonl``: one JSON record per line
   (:class:`WALEntry`), fsynced on every append, rolled over above 10 MB;
 - ``snapshots/snap_<YYYYMMDD_HHMMSS>_<micro6>.json[.gz]``: full graph states;
-- ``wal_index.json``: current log file, its entry count, snapshots.
+- ``wal_index.json``: current log file, snapshots, and the entry count as of
+  the index's last write (new file, snapshot, compaction); the live count is the
+  number of lines in the current log file (see :class:`_LogWriter`).
 
 Appends and index updates are serialised across threads and processes by a
-lock file, so several agents can log into one directory. Timestamps here are
-naive local time, as in the old module.
+lock file, so several agents can log into one directory; each writer keeps its
+log descriptor and parsed index between appends and checks them with ``stat``.
+Timestamps here are naive local time, as in the old module.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, Union
 
 from compat.locking import ProcessLock
 from compat.thought_graph import EdgeType, NodeType, ThoughtGraph
@@ -174,8 +177,51 @@ class WALIndex:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+def _record_line(operation: str, payload: Mapping[str, Any], graph_fields: Mapping[str, Optional[str]]) -> bytes:
+    """The log line of a graph operation, newline included.
+
+    Byte for byte what ``GraphWALEntry(...).to_wal_entry().to_json()`` gives (same keys in
+    field order, same checksum), built directly: the dataclass round trip (an unused
+    entry checksum, ``asdict``'s deep copy) cost several times the JSON encoding."""
+    fields_in_order = {name: graph_fields.get(name) for name in _GRAPH_FIELDS}
+    record: Dict[str, Any] = {
+        "operation": operation,
+        "timestamp": _local_now_iso(),
+        "doc_id": fields_in_order["node_id"],
+        "phase": None,
+        "reason": None,
+        "affected_computations": [],
+        "payload": {**fields_in_order, **payload},
+    }
+    record["checksum"] = _legacy_checksum(record)
+    return (json.dumps(record) + "\n").encode("utf-8")
+
+
 class _LogWriter:
-    """Appends records to the current log file and keeps ``wal_index.json`` in step."""
+    """Appends records to the current log file and keeps ``wal_index.json`` in step.
+
+    An append costs, under the directory lock: one ``stat`` of the index (re-read only
+    when its inode, size or mtime changed), one ``stat`` of the log file (reopened only
+    when the index names another file or the path's inode changed), ``os.write`` on a
+    kept-open ``O_APPEND`` descriptor and ``os.fsync``. Bytes another writer appended
+    since our last look are read once (``pread``), which both keeps the line count
+    exact and tells whether the file ends inside a line torn by a crashed writer, in
+    which case the record is started on a new line.
+
+    The entry count is not rewritten into the index on every append: an atomic index
+    update (temp file + rename) cost more than the fsync itself. The live count is the
+    number of newline-terminated lines in the current log file, which is what the index
+    count always was for files written by this module (one line per append, restarted
+    at each new file). Crash debris differs, in the safer direction: a torn fragment
+    that a later append terminated counts as a line, so the count is always a valid
+    ``get_entries_since`` line offset (the old index could lag behind it). The index is
+    written only when something else changes (new file, rotation, snapshot,
+    compaction) and then carries the exact count of that moment.
+
+    Descriptors of the loaded index and of the log file are held open, so their inodes
+    cannot be freed and reused: a different ``(st_dev, st_ino)`` at the path reliably
+    means the file was replaced.
+    """
 
     def __init__(self, wal_dir: Path, lock: "_DirLock") -> None:
         self.wal_dir = wal_dir
@@ -183,57 +229,165 @@ class _LogWriter:
         self.index_path = wal_dir / INDEX_FILE_NAME
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock
+        self._index_file = str(self.index_path)
+        self._index_fd: Optional[int] = None
+        self._index_stamp: Optional[Tuple[int, int, int, int]] = None
+        self._log_fd: Optional[int] = None
+        self._log_ident: Optional[Tuple[int, int]] = None
+        self._tally: Optional[_Tally] = None
+        self._path_cache: Tuple[str, str] = ("", "")
+        self.index = WALIndex()
         with self._lock:
-            self.index = self.load_index()
+            self.refresh_index()
             if not self.index.current_wal_file:
                 self.start_new_file()
                 self.save_index()
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown may have torn down ``os``
+            pass
+
+    def close(self) -> None:
+        """Close the descriptors kept between appends (a later append reopens them)."""
+        self._close_log()
+        fd = getattr(self, "_index_fd", None)
+        self._index_fd = None
+        self._index_stamp = None
+        if fd is not None:
+            _close_quietly(fd)
+
+    # ----------------------------------------------------------------- index
+
     def load_index(self) -> WALIndex:
-        """The index on disk, or a fresh one when it is missing or unreadable."""
+        """The index on disk, or a fresh one when it is missing or unreadable (no cached state is touched)."""
         try:
             with open(self.index_path, "r", encoding="utf-8") as handle:
                 return WALIndex.from_dict(json.load(handle))
         except (OSError, ValueError, TypeError, AttributeError):
             return WALIndex()
 
-    def save_index(self) -> None:
-        """Write the in-memory index atomically (caller holds the lock)."""
-        tmp = self.index_path.with_name(f"{self.index_path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(asdict(self.index), handle, indent=2)
-        os.replace(tmp, self.index_path)
+    def refresh_index(self) -> WALIndex:
+        """Make ``self.index`` the index on disk, re-reading it only when the file changed (caller holds the lock)."""
+        try:
+            info = os.stat(self._index_file)
+        except OSError:
+            info = None
+        if info is not None and self._index_stamp == (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns):
+            return self.index
+        self.index, fd, self._index_stamp = _read_index(self._index_file)
+        self._hold_index_fd(fd)
+        return self.index
 
-    def append(self, entry: WALEntry) -> None:
-        """Append and fsync one record, roll over if the file grew too big, update the index."""
-        line = (entry.to_json() + "\n").encode("utf-8")
+    def save_index(self) -> None:
+        """Write the in-memory index atomically (caller holds the lock) and remember the new file as loaded."""
+        self._index_stamp = None
+        tmp = f"{self._index_file}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, json.dumps(asdict(self.index), indent=2).encode("utf-8"))
+            os.replace(tmp, self._index_file)
+            info = os.fstat(fd)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        self._hold_index_fd(fd)
+        self._index_stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def _hold_index_fd(self, fd: Optional[int]) -> None:
+        old, self._index_fd = self._index_fd, fd
+        if old is not None:
+            _close_quietly(old)
+
+    # ---------------------------------------------------------------- append
+
+    def append(self, line: bytes) -> None:
+        """Append and fsync one record line, roll over if the file grew too big."""
         with self._lock:
-            self.index = self.load_index()
+            self.refresh_index()
             if not self.index.current_wal_file:
                 self.start_new_file()
-            path = self.get_current_wal_path()
-            with open(path, "ab+") as handle:
-                end = handle.seek(0, os.SEEK_END)
-                if end > 0:
-                    handle.seek(end - 1)
-                    if handle.read(1) != b"\n":
-                        line = b"\n" + line
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-                size = handle.tell()
-            self.index.wal_entry_count += 1
-            if size > MAX_LOG_BYTES:
+                self.save_index()
+            opened = self._current_log(create=True)
+            assert opened is not None
+            fd, tally = opened
+            if not tally.ends_in_newline:
+                line = b"\n" + line
+            _write_all(fd, line)
+            os.fsync(fd)
+            tally.offset += len(line)
+            tally.lines += line.count(b"\n")
+            tally.ends_in_newline = True
+            self.index.wal_entry_count = tally.lines
+            if tally.offset > MAX_LOG_BYTES:
                 self.start_new_file()
-            self.save_index()
+                self.save_index()
+
+    def _current_log(self, create: bool) -> Optional[Tuple[int, "_Tally"]]:
+        """Descriptor and up-to-date tally of the current log file; None when it does not exist and not ``create``."""
+        path = self._current_path()
+        try:
+            info: Optional[os.stat_result] = os.stat(path)
+        except FileNotFoundError:
+            info = None
+        if info is None or self._log_fd is None or (info.st_dev, info.st_ino) != self._log_ident:
+            self._close_log()
+            flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                if create:
+                    raise
+                return None
+            self._log_fd = fd
+            info = os.fstat(fd)
+            self._log_ident = (info.st_dev, info.st_ino)
+        return self._log_fd, self._catch_up(self._log_fd, self._log_ident, info.st_size)
+
+    def _catch_up(self, fd: int, ident: Tuple[int, int], size: int) -> "_Tally":
+        """Count the lines another writer appended since our last look (all of them for a file new to us).
+
+        Log files only grow; one found shorter than already counted is recounted from its start."""
+        tally = self._tally
+        if tally is None or tally.ident != ident or size < tally.offset:
+            tally = self._tally = _Tally(ident)
+        while tally.offset < size:
+            chunk = os.pread(fd, min(_SCAN_CHUNK, size - tally.offset), tally.offset)
+            if not chunk:
+                break
+            tally.offset += len(chunk)
+            tally.lines += chunk.count(b"\n")
+            tally.ends_in_newline = chunk.endswith(b"\n")
+        return tally
+
+    def _close_log(self) -> None:
+        fd = getattr(self, "_log_fd", None)
+        self._log_fd = None
+        self._log_ident = None
+        self._tally = None
+        if fd is not None:
+            _close_quietly(fd)
+
+    def _current_path(self) -> str:
+        name = self.index.current_wal_file
+        if self._path_cache[0] != name:
+            self._path_cache = (name, str(self.logs_dir / name))
+        return self._path_cache[1]
+
+    # --------------------------------------------------------------- queries
 
     def get_current_wal_path(self) -> Path:
         """Path of the log file appends go to."""
         return self.logs_dir / self.index.current_wal_file
 
     def get_entry_count(self) -> int:
-        """Entries appended to the current log file, as recorded in the index."""
-        return self.index.wal_entry_count
+        """Lines in the current log file, i.e. entries appended to it (read under the lock, from any process)."""
+        with self._lock:
+            self.refresh_index()
+            opened = self._current_log(create=False) if self.index.current_wal_file else None
+            self.index.wal_entry_count = opened[1].lines if opened is not None else 0
+            return self.index.wal_entry_count
 
     def records_since(self, wal_file: str, offset: int = 0) -> Iterator[WALEntry]:
         """Valid records from line ``offset`` of ``wal_file`` onwards, through all later log files."""
@@ -252,8 +406,58 @@ class _LogWriter:
         while (self.logs_dir / name).exists():
             number += 1
             name = f"wal_{stamp}_{number:03d}.jsonl"
+        self._close_log()
         self.index.current_wal_file = name
         self.index.wal_entry_count = 0
+
+
+_SCAN_CHUNK = 1 << 20
+"""Bytes read at a time when counting lines another writer appended."""
+
+
+@dataclass
+class _Tally:
+    """What is known of the first ``offset`` bytes of one log file (by inode): lines, and whether they end one."""
+
+    ident: Tuple[int, int]
+    offset: int = 0
+    lines: int = 0
+    ends_in_newline: bool = True
+
+
+def _read_index(path: str) -> Tuple[WALIndex, Optional[int], Optional[Tuple[int, int, int, int]]]:
+    """Index at ``path`` with its still open descriptor and stamp; a fresh index (and no stamp) when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return WALIndex(), None, None
+    try:
+        info = os.fstat(fd)
+        parts: List[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            parts.append(chunk)
+        index = WALIndex.from_dict(json.loads(b"".join(parts).decode("utf-8")))
+    except (OSError, ValueError, TypeError, AttributeError):
+        _close_quietly(fd)
+        return WALIndex(), None, None
+    return index, fd, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a regular file may accept a short write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _read_records(path: Path, skip: int) -> Iterator[WALEntry]:
@@ -402,21 +606,19 @@ class GraphWAL:
     ) -> None:
         """Log the creation of a node."""
         self._log(
-            GraphWALEntry(
-                operation="add_node",
-                node_id=node_id,
-                node_type=node_type.value,
-                payload={"content": content, "properties": properties or {}, "metadata": metadata or {}},
-            )
+            "add_node",
+            {"content": content, "properties": properties or {}, "metadata": metadata or {}},
+            node_id=node_id,
+            node_type=node_type.value,
         )
 
     def log_remove_node(self, node_id: str) -> None:
         """Log the removal of a node."""
-        self._log(GraphWALEntry(operation="remove_node", node_id=node_id))
+        self._log("remove_node", {}, node_id=node_id)
 
     def log_update_node(self, node_id: str, updates: Dict[str, Any]) -> None:
         """Log an update of a node's content, properties or metadata."""
-        self._log(GraphWALEntry(operation="update_node", node_id=node_id, payload={"updates": updates}))
+        self._log("update_node", {"updates": updates}, node_id=node_id)
 
     def log_add_edge(
         self,
@@ -429,20 +631,16 @@ class GraphWAL:
     ) -> None:
         """Log the creation of an edge."""
         self._log(
-            GraphWALEntry(
-                operation="add_edge",
-                source_id=source_id,
-                target_id=target_id,
-                edge_type=edge_type.value,
-                payload={"weight": weight, "confidence": confidence, "bidirectional": bidirectional},
-            )
+            "add_edge",
+            {"weight": weight, "confidence": confidence, "bidirectional": bidirectional},
+            source_id=source_id,
+            target_id=target_id,
+            edge_type=edge_type.value,
         )
 
     def log_remove_edge(self, source_id: str, target_id: str, edge_type: EdgeType) -> None:
         """Log the removal of an edge."""
-        self._log(
-            GraphWALEntry(operation="remove_edge", source_id=source_id, target_id=target_id, edge_type=edge_type.value)
-        )
+        self._log("remove_edge", {}, source_id=source_id, target_id=target_id, edge_type=edge_type.value)
 
     def log_add_cluster(
         self,
@@ -453,31 +651,28 @@ class GraphWAL:
     ) -> None:
         """Log the creation of a cluster."""
         self._log(
-            GraphWALEntry(
-                operation="add_cluster",
-                cluster_id=cluster_id,
-                payload={"name": name, "node_ids": list(node_ids or ()), "properties": properties or {}},
-            )
+            "add_cluster",
+            {"name": name, "node_ids": list(node_ids or ()), "properties": properties or {}},
+            cluster_id=cluster_id,
         )
 
     def log_merge_nodes(self, source_ids: List[str], target_id: str) -> None:
         """Log a merge of ``source_ids`` into ``target_id``."""
-        self._log(GraphWALEntry(operation="merge_nodes", node_id=target_id, payload={"source_ids": source_ids}))
+        self._log("merge_nodes", {"source_ids": source_ids}, node_id=target_id)
 
     def log_graph_operation(self, operation_type: str, payload: Dict[str, Any]) -> None:
         """Log any other operation under its own name."""
-        self._log(GraphWALEntry(operation=operation_type, payload=payload))
+        self._log(operation_type, payload)
 
-    def _log(self, entry: GraphWALEntry) -> None:
-        self._writer.append(entry.to_wal_entry())
+    def _log(self, operation: str, payload: Dict[str, Any], **graph_fields: Optional[str]) -> None:
+        self._writer.append(_record_line(operation, payload, graph_fields))
 
     # -------------------------------------------------------------- reading
 
     def get_all_entries(self) -> Iterator[GraphWALEntry]:
         """Valid entries in order, from the current log file onwards; bad lines are skipped."""
         with self._lock:
-            self._writer.index = self._writer.load_index()
-        current = self._writer.index.current_wal_file
+            current = self._writer.refresh_index().current_wal_file
         if not current:
             return iter(())
         return self.get_entries_since(current, 0)
@@ -491,8 +686,7 @@ class GraphWAL:
                 continue
 
     def get_entry_count(self) -> int:
-        """Entries in the current log file, per the index on disk."""
-        self._writer.index = self._writer.load_index()
+        """Entries in the current log file (its lines), as any process sees them."""
         return self._writer.get_entry_count()
 
     def get_current_wal_path(self) -> Path:
@@ -511,8 +705,9 @@ class GraphWAL:
         """Store the full graph state with the current log position; keeps the newest snapshots and returns the id."""
         state = self._graph_to_state(graph)
         with self._lock:
-            index = self._writer.load_index()
-            snapshot_id = self._write_snapshot(state, index.current_wal_file, index.wal_entry_count, compress)
+            count = self._writer.get_entry_count()
+            index = replace(self._writer.index, snapshots=list(self._writer.index.snapshots))
+            snapshot_id = self._write_snapshot(state, index.current_wal_file, count, compress)
             index.latest_snapshot_id = snapshot_id
             if snapshot_id not in index.snapshots:
                 index.snapshots.append(snapshot_id)
@@ -537,17 +732,16 @@ class GraphWAL:
         # Logging continues in a fresh log file and the snapshot points at its start,
         # so a later snapshot-plus-replay skips nothing.
         with self._lock:
-            self._writer.index = self._writer.load_index()
+            self._writer.refresh_index()
             old_logs = sorted(self._writer.logs_dir.glob("wal_*.jsonl"))
             self._writer.start_new_file()
             self._writer.save_index()
             snapshot_id = self.create_snapshot(graph, compress=True)
             for path in old_logs:
                 path.unlink(missing_ok=True)
-            index = self._writer.load_index()
+            index = self._writer.refresh_index()
             index.wal_entry_count = 0
             index.last_compaction = _local_now_iso()
-            self._writer.index = index
             self._writer.save_index()
         return snapshot_id
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 import shutil
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -679,3 +680,201 @@ def test_processes_logging_into_one_directory(tmp_path: Path, spawn: Callable[..
     assert sorted(ids) == sorted(f"P{n}-{i}" for n in range(2) for i in range(40))
     assert wal.get_entry_count() == 80
     assert _replay(wal).node_count() == 80
+
+
+# ------------------------------------------------- kept-open writer (fast appends)
+
+ROTATING_WORKER = r"""
+import sys
+import compat.graph_wal as graph_wal
+from compat.graph_wal import GraphWAL, NodeType
+
+graph_wal.MAX_LOG_BYTES = int(sys.argv[4])
+wal = GraphWAL(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(int(sys.argv[2])):
+    wal.log_add_node(f"{sys.argv[3]}-{i}", NodeType.TASK, {"title": "t"})
+print("done", wal.get_entry_count(), flush=True)
+"""
+
+KILLED_MID_WRITE = r"""
+import os, signal, sys
+from compat.graph_wal import GraphWAL, NodeType
+
+wal = GraphWAL(sys.argv[1])
+
+def die_with_half_a_line(fd):
+    os.ftruncate(fd, os.fstat(fd).st_size - 60)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+os.fsync = die_with_half_a_line
+wal.log_add_node("torn", NodeType.TASK, "never completed")
+"""
+"""Killed while appending: the record's last 60 bytes (newline included) never reached the file."""
+
+
+def _run_worker(spawn: Callable[..., Child], script: str, *args: str) -> str:
+    worker = spawn(script, *args)
+    worker.expect("ready")
+    worker.send("go")
+    said = worker.expect("done", timeout=60)
+    assert worker.finish() == 0
+    return said
+
+
+def _all_log_lines(root: Path) -> List[str]:
+    return [line for path in sorted((root / "logs").glob("wal_*.jsonl")) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("call", "expected_fields", "expected_payload"), LOG_CASES)
+def test_log_lines_are_what_the_record_classes_write(
+    tmp_path: Path, call: LogCall, expected_fields: Dict[str, str], expected_payload: Dict[str, Any]
+) -> None:
+    wal = GraphWAL(tmp_path)
+    call(wal)
+    (line,) = wal.get_current_wal_path().read_text().splitlines()
+    record = WALEntry.from_json(line)
+    assert record.to_json() == line
+    assert GraphWALEntry.from_wal_entry(record).to_wal_entry().to_json() == line
+
+
+def test_appends_of_another_process_are_counted_and_followed(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    wal = GraphWAL(tmp_path)
+    wal.log_add_node("a0", NodeType.CONCEPT, "A")
+    wal.log_add_node("a1", NodeType.CONCEPT, "A")
+    _run_worker(spawn, ROTATING_WORKER, str(tmp_path), "3", "P", str(10 * 1024 * 1024))
+    assert wal.get_entry_count() == 5
+    wal.log_add_node("a2", NodeType.CONCEPT, "A")
+    assert wal.get_entry_count() == 6 and GraphWAL(tmp_path).get_entry_count() == 6
+    lines = wal.get_current_wal_path().read_text().splitlines()
+    assert [WALEntry.from_json(line).doc_id for line in lines] == ["a0", "a1", "P-0", "P-1", "P-2", "a2"]
+    snapshot_id = wal.create_snapshot(_replay(wal), compress=False)
+    document = json.loads((tmp_path / "snapshots" / f"{snapshot_id}.json").read_text())
+    assert document["wal_reference"]["wal_offset"] == 6
+    assert json.loads((tmp_path / "wal_index.json").read_text())["wal_entry_count"] == 6
+
+
+def test_a_line_torn_by_a_killed_writer_is_terminated(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    wal = GraphWAL(tmp_path)
+    wal.log_add_node("a", NodeType.CONCEPT, "A")
+    killed = spawn(KILLED_MID_WRITE, str(tmp_path))
+    assert killed.proc.wait(timeout=20) != 0
+    path = wal.get_current_wal_path()
+    assert not path.read_bytes().endswith(b"\n"), "the child left half a record"
+    wal.log_add_node("b", NodeType.CONCEPT, "B")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["doc_id"] == "b"
+    assert [e.node_id for e in wal.get_all_entries()] == ["a", "b"]
+    count = wal.get_entry_count()
+    assert count == 3 == GraphWAL(tmp_path).get_entry_count(), "the terminated fragment is a line"
+    assert list(wal.get_entries_since(path.name, count)) == [], "the count is a resume offset"
+    fresh = GraphWAL(tmp_path)
+    fresh.log_add_node("c", NodeType.CONCEPT, "C")
+    assert [e.node_id for e in wal.get_all_entries()] == ["a", "b", "c"]
+
+
+def test_a_torn_line_seen_by_a_new_instance_is_terminated(tmp_path: Path) -> None:
+    wal = GraphWAL(tmp_path)
+    wal.log_add_node("a", NodeType.CONCEPT, "A")
+    path = wal.get_current_wal_path()
+    with open(path, "ab") as handle:
+        handle.write(b'{"operation": "add_no')
+    again = GraphWAL(tmp_path)
+    again.log_add_node("b", NodeType.CONCEPT, "B")
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"operation": "add_no' and json.loads(lines[2])["doc_id"] == "b"
+    assert [e.node_id for e in again.get_all_entries()] == ["a", "b"]
+
+
+def test_appends_follow_a_rotation_by_another_process(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    wal = GraphWAL(tmp_path)
+    first = wal._writer.index.current_wal_file
+    wal.log_add_node("before", NodeType.CONCEPT, "x")
+    _run_worker(spawn, ROTATING_WORKER, str(tmp_path), "3", "P", "200")
+    wal.log_add_node("after", NodeType.CONCEPT, "x")
+    on_disk = json.loads((tmp_path / "wal_index.json").read_text())["current_wal_file"]
+    assert on_disk != first and wal._writer.index.current_wal_file == on_disk
+    assert [e.node_id for e in wal.get_all_entries()] == ["after"]
+    assert [e.node_id for e in wal.get_entries_since(first, 0)] == ["before", "P-0", "P-1", "P-2", "after"]
+    assert wal.get_entry_count() == 1
+
+
+def test_appends_follow_compaction_by_another_instance(tmp_path: Path) -> None:
+    writer, compactor = GraphWAL(tmp_path), GraphWAL(tmp_path)
+    writer.log_add_node("a", NodeType.CONCEPT, "A")
+    old_path = writer.get_current_wal_path()
+    compactor.compact_wal(_replay(compactor))
+    assert writer.get_entry_count() == 0
+    writer.log_add_node("b", NodeType.CONCEPT, "B")
+    assert not old_path.exists(), "the deleted log is not written again"
+    assert [e.node_id for e in compactor.get_all_entries()] == ["b"]
+    assert compactor.get_entry_count() == 1 == writer.get_entry_count()
+    graph = compactor.load_snapshot()
+    assert graph is not None and set(graph.nodes) == {"a"}
+
+
+def test_a_removed_log_file_is_recreated(tmp_path: Path) -> None:
+    wal = GraphWAL(tmp_path)
+    wal.log_add_node("a", NodeType.CONCEPT, "A")
+    wal.get_current_wal_path().unlink()
+    assert wal.get_entry_count() == 0
+    wal.log_add_node("b", NodeType.CONCEPT, "B")
+    assert [e.node_id for e in GraphWAL(tmp_path).get_all_entries()] == ["b"]
+    assert wal.get_entry_count() == 1
+
+
+def test_a_deleted_index_starts_a_new_log_file(tmp_path: Path) -> None:
+    wal = GraphWAL(tmp_path)
+    wal.log_add_node("a", NodeType.CONCEPT, "A")
+    first = wal._writer.index.current_wal_file
+    (tmp_path / "wal_index.json").unlink()
+    wal.log_add_node("b", NodeType.CONCEPT, "B")
+    index = json.loads((tmp_path / "wal_index.json").read_text())
+    assert index["current_wal_file"] != first
+    assert [e.node_id for e in wal.get_entries_since(first, 0)] == ["a", "b"]
+
+
+def test_threads_and_instances_share_one_directory(tmp_path: Path) -> None:
+    wals = [GraphWAL(tmp_path), GraphWAL(tmp_path)]
+
+    def work(wal: GraphWAL, name: str) -> None:
+        for i in range(50):
+            wal.log_add_node(f"{name}-{i}", NodeType.CONCEPT, "x")
+
+    threads = [threading.Thread(target=work, args=(wals[n % 2], f"T{n}")) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = wals[0].get_current_wal_path().read_text().splitlines()
+    assert sorted(WALEntry.from_json(line).doc_id or "" for line in lines) == sorted(
+        f"T{n}-{i}" for n in range(4) for i in range(50)
+    )
+    assert wals[0].get_entry_count() == wals[1].get_entry_count() == 200
+
+
+def test_processes_logging_and_rotating_into_one_directory(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    GraphWAL(tmp_path)
+    workers = [spawn(ROTATING_WORKER, str(tmp_path), "60", f"P{n}", "3000") for n in range(3)]
+    for worker in workers:
+        worker.expect("ready")
+    for worker in workers:
+        worker.send("go")
+    for worker in workers:
+        worker.expect("done", timeout=60)
+        assert worker.finish() == 0
+    lines = _all_log_lines(tmp_path)
+    records = [WALEntry.from_json(line) for line in lines]
+    assert all(record.verify() for record in records), "no torn or interleaved lines"
+    assert sorted(str(record.doc_id) for record in records) == sorted(
+        f"P{n}-{i}" for n in range(3) for i in range(60)
+    )
+    for n in range(3):
+        mine = [int(str(r.doc_id).split("-")[1]) for r in records if str(r.doc_id).startswith(f"P{n}-")]
+        assert mine == list(range(60)), "each writer's entries stay in order across files"
+    assert len(list((tmp_path / "logs").glob("wal_*.jsonl"))) > 3
+    wal = GraphWAL(tmp_path)
+    current = wal.get_current_wal_path()
+    expected = len(current.read_text().splitlines()) if current.exists() else 0
+    assert wal.get_entry_count() == expected
