@@ -39,6 +39,8 @@ EMPTY_UPDATE = b"\x00\x00"
 RESERVED_ROOTS = frozenset({TASKS, NODES, EDGES, REMOVED_NODES, COUNTERS, LESSONS, META})
 LOCAL = "local"
 DEFAULT_AUTO_COMPACT_BYTES = 32 * 1024 * 1024
+LARGE_UPDATE_BYTES = 64 * 1024
+"""From this size on, a peer's update is applied without the doc observer (see `_apply_large`)."""
 UpdateListener = Callable[[bytes, str | None], None]
 
 
@@ -304,8 +306,11 @@ class Replica:
             self._changed = False
             self._incoming = bytes(update)
             try:
-                with self._write(origin=origin):
-                    self.doc.apply_update(self._incoming)
+                if len(update) >= LARGE_UPDATE_BYTES and self._depth == 0:
+                    self._apply_large(origin)
+                else:
+                    with self._write(origin=origin):
+                        self.doc.apply_update(self._incoming)
             except ValueError as exc:
                 raise InvalidUpdateError(f"not a valid Yjs update: {exc}") from exc
             except BaseException as exc:
@@ -318,6 +323,28 @@ class Replica:
             if changed:
                 self.graph.sweep()
         return changed
+
+    def _apply_large(self, origin: str) -> None:
+        """Apply the large `_incoming` update with the doc observer detached.
+
+        pycrdt's doc observer encodes every transaction's own update in Rust before it calls
+        back, a third of the cost of applying a catch-up, and a remote update is logged as
+        received anyway. Without it, "changed" is decided as pycrdt decides when to call the
+        observer: the state vector moved, or the delete set grew (compared encoded, which is
+        canonical). Then the update is logged and queued exactly as `_on_transaction` does.
+        """
+        assert self._incoming is not None
+        state_before = self.doc.get_state()
+        deletes_before = self.doc.get_update(state_before)
+        self.doc.unobserve(self._doc_sub)
+        try:
+            with self._write(origin=origin):
+                self.doc.apply_update(self._incoming)
+                state_after = self.doc.get_state()
+                if state_after != state_before or self.doc.get_update(state_after) != deletes_before:
+                    self._on_transaction(None)
+        finally:
+            self._doc_sub = self.doc.observe(self._on_transaction)
 
     def on_update(self, listener: UpdateListener) -> Callable[[], None]:
         """Call `listener(update, origin)` after every change (origin None = local); returns unsubscribe."""

@@ -175,6 +175,14 @@ class Ours:
         Doc().apply_update(update)
         return (now() - start) / 1e9
 
+    def raw_encode(self, path: str) -> float:
+        """Seconds raw pycrdt takes to encode our whole state, which is saved to `path`."""
+        start = now()
+        update = self.replica.doc.get_update()
+        seconds = (now() - start) / 1e9
+        Path(path).write_bytes(update)
+        return seconds
+
     def stats(self) -> dict[str, Any]:
         """Mesh totals (bytes and messages) of every mesh of this process."""
         totals: dict[str, int] = {}
@@ -348,6 +356,8 @@ async def serve(node: Any) -> None:
             reply({"t0": await node.join(command["url"])})
         elif op == "raw_catchup":
             reply({"seconds": node.raw_catchup()})
+        elif op == "raw_encode":
+            reply({"seconds": node.raw_encode(command["path"])})
         elif op == "stats":
             reply(node.stats())
         else:

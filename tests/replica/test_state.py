@@ -284,6 +284,52 @@ def test_apply_update_reports_whether_anything_changed_and_listeners_get_local_u
     assert len(local) == n
 
 
+@pytest.mark.parametrize("threshold", [10**12, 0], ids=["small-update path", "large-update path"])
+def test_large_updates_change_log_and_notify_exactly_as_small_ones(
+        tmp_path: Path, threshold: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both apply paths agree on "changed" (new structs, new deletes only, duplicates) and log what changed."""
+    import replica.replica as replica_module
+
+    monkeypatch.setattr(replica_module, "LARGE_UPDATE_BYTES", threshold)
+    a = Replica.memory()
+    with a.transaction():
+        for n in range(20):
+            a.tasks.create(f"task {n}", id=f"t{n}")
+    created = a.diff(None)
+    b = Replica.open(tmp_path / "b")
+    relayed: list[tuple[bytes, str | None]] = []
+    b.on_update(lambda update, origin: relayed.append((update, origin)))
+    changes: list[ChangeEvent] = []
+    b.subscribe(changes.append)
+    assert b.apply_update(created, origin="a") is True
+    assert relayed == [(created, "a")] and {c.id for c in changes} == {f"t{n}" for n in range(20)}
+    assert b.apply_update(created, origin="a") is False, "a duplicate changes nothing"
+    before = a.state_vector()
+    a.tasks.delete("t3")
+    deletion = a.diff(before)
+    a.tasks.update("t4", status="completed")
+    both = a.diff(before)
+    assert b.apply_update(a.diff(b.state_vector()), origin="a") is True, "new structs and deletes"
+    assert b.apply_update(both, origin="a") is False, "already integrated"
+    c = Replica.memory()
+    c.apply_update(created, origin="a")
+    c.apply_update(b.diff(c.state_vector()), origin="b")
+    assert c.apply_update(deletion, origin="a") is False, "its deletes are known already"
+    d = Replica.memory()
+    d.apply_update(created, origin="a")
+    d.apply_update(a.diff(d.state_vector()), origin="a")
+    assert d.tasks.get("t4").status == "completed"
+    e = Replica.memory()
+    e.apply_update(created, origin="a")
+    assert e.apply_update(deletion, origin="a") is True, "a delete-only update that deletes something"
+    assert [t.id for t in e.tasks.list() if t.id == "t3"] == []
+    logged = len(relayed)
+    b.close()
+    with Replica.open(tmp_path / "b") as reopened:
+        assert doc_roots(reopened.doc) == doc_roots(a.doc)
+    assert logged == 2
+
+
 def test_diff_against_a_state_vector_carries_exactly_what_is_missing(tmp_path: Path) -> None:
     """A disk replica and a memory replica converge through diff/state_vector both ways, also after reopen."""
     peer = Replica.memory()
