@@ -3,8 +3,9 @@
 Yjs maps are last-writer-wins and the winner gets no event for the field it won, so
 conflicts cannot be seen in change events. Instead every write also stores a write
 record, keyed by writer incarnation and sequence (concurrent records never overwrite
-each other), carrying a per-record vector clock of the writes it had seen, the fields it
-set and the full data after it. A conflict is a pair of concurrent write records from
+each other), carrying a per-record vector clock of the writes it had seen, the names of
+the fields it set and the full data after it (which holds their values: a create does
+not store its data twice). A conflict is a pair of concurrent write records from
 different writers that set one field to different values: a pure function of the shared
 state, identical on every replica once synced. A resolution is a write whose clock
 dominates both sides and that names the conflict; concurrent resolutions of the same
@@ -65,7 +66,13 @@ class WriteRecord:
             clock = {str(k): int(v) for k, v in dict(raw["clock"]).items()}
             data = raw.get("data")
             fields = raw.get("fields", {})
-            if (data is not None and not isinstance(data, dict)) or not isinstance(fields, dict):
+            if data is not None and not isinstance(data, dict):
+                return None
+            if isinstance(fields, list):
+                if not all(isinstance(name, str) for name in fields):
+                    return None
+                fields = {name: data[name] for name in fields if name in data} if data is not None else {}
+            elif not isinstance(fields, dict):
                 return None
             version = raw.get("version")
             return cls(
@@ -242,7 +249,7 @@ class Records:
         seen[self.writer] = seq
         key = f"{record_id}|{self.writer}|{seq}"
         body: dict[str, Any] = {"record": record_id, "writer": self.writer, "seq": seq, "clock": seen,
-                                "at": iso_now(), "fields": fields, "data": data, "resolves": list(resolves)}
+                                "at": iso_now(), "fields": sorted(fields), "data": data, "resolves": list(resolves)}
         if version is not None:
             body["version"] = version
         self._writes[key] = body

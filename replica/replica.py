@@ -39,6 +39,9 @@ EMPTY_UPDATE = b"\x00\x00"
 RESERVED_ROOTS = frozenset({TASKS, NODES, EDGES, REMOVED_NODES, COUNTERS, LESSONS, META})
 LOCAL = "local"
 DEFAULT_AUTO_COMPACT_BYTES = 32 * 1024 * 1024
+COMPACT_ON_CLOSE_RECORDS = 1000
+"""A clean close snapshots the state when the log holds this many records since the last
+snapshot: replay pays per record, so the next open applies one update instead."""
 LARGE_UPDATE_BYTES = 64 * 1024
 """From this size on, a peer's update is applied without the doc observer (see `_apply_large`)."""
 UpdateListener = Callable[[bytes, str | None], None]
@@ -441,6 +444,7 @@ class Replica:
                 lsn = self._log.last_lsn
                 self._log.roll()
                 self._log.bytes_since_snapshot = 0
+                self._log.records_since_snapshot = 0
             path = self._snapshots.write(lsn, state, self.replica_id)
             older = self._snapshots.prune()
             removed = self._log.delete_segments_through(older) if older is not None else []
@@ -494,10 +498,18 @@ class Replica:
             }
 
     def close(self) -> None:
-        """Flush the log, release the directory and end change iterators."""
+        """Snapshot if the log grew long, flush the log, release the directory and end change iterators."""
         with self._lock:
             if self._closed and self._log is None:
                 return
+            snapshot = (not self._closed and self._log is not None and self._snapshots is not None
+                        and self._log.records_since_snapshot >= COMPACT_ON_CLOSE_RECORDS)
+        if snapshot:
+            try:
+                self.compact()
+            except (ReplicaError, OSError) as exc:
+                log.warning("no snapshot at close (the log keeps everything): %s", exc)
+        with self._lock:
             self._closed = True
         with self._compacting:
             if self._log is not None:

@@ -173,6 +173,7 @@ class UpdateLog:
         self._flusher: threading.Thread | None = None
         self.fsync_count = 0
         self.bytes_since_snapshot = 0
+        self.records_since_snapshot = 0
         self._packer = msgpack.Packer(use_bin_type=True)
         self._balanced = self.durability is Durability.BALANCED
         self._write_through = self.durability is Durability.PARANOID
@@ -220,6 +221,7 @@ class UpdateLog:
         self._next_lsn = max(report.last_lsn, after_lsn) + 1
         self._written_lsn = self._durable_lsn = self._next_lsn - 1
         self.bytes_since_snapshot = sum(len(r.payload) for r in records)
+        self.records_since_snapshot = len(records)
         return iter(records), report
 
     def _truncate(self, torn: TornTail) -> None:
@@ -307,6 +309,7 @@ class UpdateLog:
             self._next_lsn = lsn + 1
             self._written_lsn = lsn
             self.bytes_since_snapshot += len(payload)
+            self.records_since_snapshot += 1
             if self._balanced and not self._flusher_armed:
                 self._flusher_armed = True
                 with self._sync_cond:

@@ -6,6 +6,9 @@ import gc
 import weakref
 from pathlib import Path
 
+import pytest
+
+import replica.replica as replica_module
 from replica import Replica
 
 
@@ -28,3 +31,22 @@ def test_reopen_after_close_in_the_same_process(tmp_path: Path) -> None:
         first.counters.incr("c", 3)
     with Replica.open(tmp_path / "data") as second:
         assert second.counters.value("c") == 3
+
+
+def test_a_clean_close_after_many_records_snapshots_so_the_next_open_replays_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the threshold a close snapshots; below it, it does not; either way nothing is lost."""
+    monkeypatch.setattr(replica_module, "COMPACT_ON_CLOSE_RECORDS", 20)
+    with Replica.open(tmp_path) as replica:
+        for n in range(10):
+            replica.tasks.create(f"task {n}", id=f"t{n}")
+    assert not list((tmp_path / "snapshots").glob("*.snap"))
+    with Replica.open(tmp_path) as replica:
+        assert replica.open_report.replay.records >= 10
+        for n in range(10, 20):
+            replica.tasks.create(f"task {n}", id=f"t{n}")
+    assert len(list((tmp_path / "snapshots").glob("*.snap"))) == 1
+    with Replica.open(tmp_path) as replica:
+        assert replica.open_report.replay.records == 0
+        assert replica.open_report.snapshot_lsn > 0
+        assert {t.id for t in replica.tasks.list()} == {f"t{n}" for n in range(20)}
