@@ -331,8 +331,8 @@ class Replica:
         """Apply the large `_incoming` update with the doc observer detached.
 
         pycrdt's doc observer encodes every transaction's own update in Rust before it calls
-        back, a third of the cost of applying a catch-up, and a remote update is logged as
-        received anyway. Without it, "changed" is decided as pycrdt decides when to call the
+        back (a tenth of the cost of applying a catch-up, and a second copy of it in memory),
+        and a remote update is logged as received anyway. Without it, "changed" is decided as pycrdt decides when to call the
         observer: the state vector moved, or the delete set grew (compared encoded, which is
         canonical). Then the update is logged and queued exactly as `_on_transaction` does.
         """
