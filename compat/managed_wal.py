@@ -21,7 +21,6 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
@@ -35,6 +34,7 @@ from compat.wal import (
     TransactionWALEntry,
     WALManager,
     _is_legacy_line,
+    retire_wal_file,
 )
 
 _ENTRY_KEYS = frozenset({"seq", "ts", "tx", "op", "data", "checksum"})
@@ -285,17 +285,7 @@ class _WalFile:
                 self._handle = None
             if not self.wal_file.exists():
                 return None
-            if not archive:
-                self.wal_file.unlink()
-                return None
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
-            target = archive_dir / f"{stamp}.wal"
-            suffix = 1
-            while target.exists():
-                target = archive_dir / f"{stamp}_{suffix}.wal"
-                suffix += 1
-            self.wal_file.rename(target)
-            return target
+            return retire_wal_file(self.wal_file, archive_dir, archive)
 
     def close(self) -> None:
         """Persist the sequence, close the file and release the directory lock."""

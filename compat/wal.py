@@ -90,6 +90,21 @@ def _is_legacy_line(data: Mapping[str, Any]) -> bool:
     return "seq" not in data and "tx" not in data
 
 
+def retire_wal_file(wal_file: Path, archive_dir: Path, archive: bool) -> Optional[Path]:
+    """Move ``wal_file`` to ``archive_dir/<UTC YYYYMMDD_HHMMSS>[_N].wal`` and return that path, or delete it."""
+    if not archive:
+        wal_file.unlink()
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    target = archive_dir / f"{stamp}.wal"
+    suffix = 1
+    while target.exists():
+        target = archive_dir / f"{stamp}_{suffix}.wal"
+        suffix += 1
+    wal_file.rename(target)
+    return target
+
+
 class WALManager:
     """Append-only transaction log in ``wal_dir`` with replay and crash-state queries.
 
@@ -209,17 +224,7 @@ class WALManager:
         with self._exclusive():
             if not self.wal_file.exists():
                 return None
-            if not archive:
-                self.wal_file.unlink()
-                return None
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
-            target = self.archive_dir / f"{stamp}.wal"
-            suffix = 1
-            while target.exists():
-                target = self.archive_dir / f"{stamp}_{suffix}.wal"
-                suffix += 1
-            self.wal_file.rename(target)
-            return target
+            return retire_wal_file(self.wal_file, self.archive_dir, archive)
 
     # ------------------------------------------------------------ internals
 
