@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 from compat.checksums import DEFAULT_TRUNCATE, canonical_bytes, compute_checksum
 from compat.config import DurabilityMode
 from compat.locking import ProcessLock
+from compat.registry import Entry, RefCountedRegistry
 from compat.types import utc_now_iso
 from compat.wal import (
     APPEND_LOCK_TIMEOUT,
@@ -215,7 +216,6 @@ class _WalFile:
         self.wal_file = wal_file
         self.seq_file = seq_file
         self.sequence = sequence
-        self.users = 0
         self.lock = threading.RLock()
         self._handle: Optional[Any] = None
         self._inode: Optional[Tuple[int, int]] = None
@@ -299,27 +299,13 @@ class _WalFile:
                 self._process_lock.release()
 
 
-_FILES: Dict[Path, _WalFile] = {}
-_FILES_LOCK = threading.Lock()
+_FILES: "RefCountedRegistry[Path, _WalFile]" = RefCountedRegistry("the shared WAL file", _WalFile.close)
 
 
-def _join(wal: WALManager) -> _WalFile:
-    key = wal.wal_dir.resolve()
-    with _FILES_LOCK:
-        shared = _FILES.get(key)
-        if shared is None:
-            shared = _FILES[key] = _WalFile(wal.wal_dir, wal.wal_file, wal.seq_file, wal._sequence)
-        shared.users += 1
-        return shared
-
-
-def _leave(shared: _WalFile) -> None:
-    with _FILES_LOCK:
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        _FILES.pop(shared.wal_dir.resolve(), None)
-    shared.close()
+def _join(wal: WALManager) -> "Entry[Path, _WalFile]":
+    return _FILES.acquire(
+        wal.wal_dir.resolve(), lambda: _WalFile(wal.wal_dir, wal.wal_file, wal.seq_file, wal._sequence)
+    )
 
 
 class ManagedWAL(WALManager):
@@ -330,13 +316,14 @@ class ManagedWAL(WALManager):
 
     def __init__(self, wal_dir: Union[str, Path], durability: DurabilityMode = DurabilityMode.BALANCED) -> None:
         super().__init__(wal_dir, durability)
-        self._shared = _join(self)
-        self._finalizer = weakref.finalize(self, _leave, self._shared)
+        self._entry = _join(self)
+        assert self._entry.value is not None
+        self._shared: _WalFile = self._entry.value
+        self._finalizer = weakref.finalize(self, _FILES.release_later, self._entry)
 
     def _last_logged_seq(self) -> int:
         """The shared sequence when this process already has the WAL open (no tail scan then)."""
-        with _FILES_LOCK:
-            shared = _FILES.get(self.wal_dir.resolve())
+        shared = _FILES.get(self.wal_dir.resolve())
         return shared.sequence if shared is not None else super()._last_logged_seq()
 
     def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
@@ -366,7 +353,8 @@ class ManagedWAL(WALManager):
 
     def close(self) -> None:
         """Stop using the shared file (the last user persists the sequence and releases the lock)."""
-        self._finalizer()
+        if self._finalizer.detach() is not None:
+            _FILES.release(self._entry)
 
     def __enter__(self) -> "ManagedWAL":
         return self

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from compat.config import DurabilityMode
 from compat.errors import GoTError, SyncError, ValidationError
+from compat.registry import Entry, RefCountedRegistry
 from replica import DataDirLockedError, Durability, Replica
 from replica.services import BackgroundServices
 
@@ -124,15 +125,16 @@ def network_options(
 
 @dataclass
 class SharedReplica:
-    """One open replica, the number of compat objects using it and the services running beside it."""
+    """One open replica, its registry entry (which counts its users) and the services running beside it."""
 
     path: Path
     replica: Replica
-    users: int = 0
     network: Dict[str, Any] = field(default_factory=dict)
     services: Optional[BackgroundServices] = None
     commit_lock: threading.RLock = field(default_factory=threading.RLock)
+    network_lock: threading.Lock = field(default_factory=threading.Lock)
     closing_hooks: List[Callable[[], None]] = field(default_factory=list)
+    entry: Optional["Entry[Path, SharedReplica]"] = None
 
     def add_closing_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` just before the replica closes (once, however often it is added)."""
@@ -165,12 +167,44 @@ class SharedReplica:
             services.stop()
 
 
-_REGISTRY: Dict[Path, SharedReplica] = {}
-_REGISTRY_LOCK = threading.RLock()
+def _close_shared(shared: SharedReplica) -> None:
+    """Stop the services, run the closing hooks and close the replica (the last user left)."""
+    shared.stop_network()
+    for hook in shared.closing_hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("a closing hook of %s failed", shared.path)
+    shared.replica.close()
+
+
+_REGISTRY: "RefCountedRegistry[Path, SharedReplica]" = RefCountedRegistry("the shared replica", _close_shared)
 
 
 def _key(directory: PathLike) -> Path:
     return Path(directory).expanduser().resolve()
+
+
+def _open_shared(path: Path, durability: Union[DurabilityMode, str], network: Optional[Dict[str, Any]]) -> SharedReplica:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        replica = Replica.open(path, durability=replica_durability(durability))
+    except DataDirLockedError as exc:
+        pid = exc.holder.get("pid", "?")
+        raise DirectoryLockedError(
+            f"{path} is held by another process (pid {pid}); give each agent its own "
+            "directory and let them sync through peers",
+            path=str(path),
+            pid=pid,
+        ) from None
+    shared = SharedReplica(path, replica)
+    if network:
+        try:
+            shared.start_network(network)
+        except BaseException:
+            replica.close()
+            raise
+    return shared
 
 
 def acquire(
@@ -182,78 +216,59 @@ def acquire(
 
     The first opener's durability chooses the replica's log mode. ``network`` (from
     :func:`network_options`) starts syncing if it is not running yet; asking for other
-    peers than the running ones raises SyncError."""
+    peers than the running ones raises SyncError. No registry lock is held while the
+    replica opens or its services start."""
     path = _key(directory)
-    with _REGISTRY_LOCK:
-        shared = _REGISTRY.get(path)
-        if shared is None:
-            path.mkdir(parents=True, exist_ok=True)
-            try:
-                replica = Replica.open(path, durability=replica_durability(durability))
-            except DataDirLockedError as exc:
-                pid = exc.holder.get("pid", "?")
-                raise DirectoryLockedError(
-                    f"{path} is held by another process (pid {pid}); give each agent its own "
-                    "directory and let them sync through peers",
-                    path=str(path),
-                    pid=pid,
-                ) from None
-            shared = SharedReplica(path, replica)
-            if network:
-                try:
+    entry = _REGISTRY.acquire(path, lambda: _open_shared(path, durability, network))
+    shared = entry.value
+    assert shared is not None
+    shared.entry = entry
+    if network:
+        try:
+            with shared.network_lock:
+                if not shared.network:
                     shared.start_network(network)
-                except BaseException:
-                    replica.close()
-                    raise
-            _REGISTRY[path] = shared
-        elif network:
-            if not shared.network:
-                shared.start_network(network)
-            elif network != shared.network:
-                raise SyncError(
-                    f"{path} already syncs with other settings ({shared.network.get('peers')}); "
-                    "close its other users first",
-                    path=str(path),
-                )
-        shared.users += 1
-        return shared
+                elif network != shared.network:
+                    raise SyncError(
+                        f"{path} already syncs with other settings ({shared.network.get('peers')}); "
+                        "close its other users first",
+                        path=str(path),
+                    )
+        except BaseException:
+            _REGISTRY.release(entry)
+            raise
+    return shared
 
 
 def release(shared: SharedReplica) -> None:
     """Count one user less; the last one stops the services and closes the replica."""
-    with _REGISTRY_LOCK:
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        if _REGISTRY.get(shared.path) is shared:
-            del _REGISTRY[shared.path]
-    shared.stop_network()
-    for hook in shared.closing_hooks:
-        try:
-            hook()
-        except Exception:
-            log.exception("a closing hook of %s failed", shared.path)
-    shared.replica.close()
+    assert shared.entry is not None
+    _REGISTRY.release(shared.entry)
+
+
+def release_later(shared: SharedReplica) -> None:
+    """:func:`release` for finalizers: never blocks; the registry settles it at its next call or at exit."""
+    assert shared.entry is not None
+    _REGISTRY.release_later(shared.entry)
 
 
 def open_directories() -> List[Path]:
     """Directories whose replica this process holds open through compat."""
-    with _REGISTRY_LOCK:
-        return sorted(_REGISTRY)
+    return sorted(_REGISTRY.keys())
 
 
 def find_open(directory: PathLike) -> Optional[SharedReplica]:
     """The shared replica of ``directory`` if this process has it open, else None."""
-    with _REGISTRY_LOCK:
-        return _REGISTRY.get(_key(directory))
+    return _REGISTRY.get(_key(directory))
 
 
 class Lease:
-    """One compat object's use of a shared replica: released by ``close()``, garbage collection or exit."""
+    """One compat object's use of a shared replica: released by ``close()``, or, once the
+    object is garbage, by the registry's next call or at exit (the finalizer never blocks)."""
 
     def __init__(self, owner: object, shared: SharedReplica) -> None:
         self.shared = shared
-        self._finalizer = weakref.finalize(owner, release, shared)
+        self._finalizer = weakref.finalize(owner, release_later, shared)
 
     @property
     def closed(self) -> bool:
@@ -262,7 +277,8 @@ class Lease:
 
     def close(self) -> None:
         """Release the replica (idempotent)."""
-        self._finalizer()
+        if self._finalizer.detach() is not None:
+            release(self.shared)
 
 
 def lease(
@@ -287,5 +303,6 @@ __all__ = [
     "open_directories",
     "read_config_file",
     "release",
+    "release_later",
     "replica_durability",
 ]

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import threading
-import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
@@ -30,6 +29,7 @@ from compat import sharing
 from compat.checksums import compute_checksum
 from compat.config import DurabilityMode
 from compat.errors import CorruptionError, GoTError, ValidationError
+from compat.registry import OnceMap
 from compat.types import (
     ENTITY_CLASSES,
     EPIC_STATUSES,
@@ -755,17 +755,12 @@ def _same_json(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=repr) == json.dumps(b, sort_keys=True, default=repr)
 
 
-_ENTITIES: "weakref.WeakKeyDictionary[Replica, ReplicaEntities]" = weakref.WeakKeyDictionary()
-_ENTITIES_LOCK = threading.Lock()
+_ENTITIES: "OnceMap[Replica, ReplicaEntities]" = OnceMap()
 
 
 def entities_for(replica: Replica) -> ReplicaEntities:
-    """The one :class:`ReplicaEntities` of ``replica`` (created on first use)."""
-    with _ENTITIES_LOCK:
-        found = _ENTITIES.get(replica)
-        if found is None:
-            found = _ENTITIES[replica] = ReplicaEntities(replica)
-        return found
+    """The one :class:`ReplicaEntities` of ``replica`` (created on first use, outside any registry lock)."""
+    return _ENTITIES.get(replica, lambda: ReplicaEntities(replica))
 
 
 def default_replica_dir(store_dir: PathLike) -> Path:
