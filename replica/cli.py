@@ -1,74 +1,276 @@
-"""The `agentstate` command: people get tables, scripts get `--json` and stable exit codes.
+"""The `agentstate` command: people get aligned text, scripts get `--json` and stable exit codes.
 
 Every command runs through `replica.commands`: on a replica this process opens, or, when
-`agentstate serve` holds the directory, inside that daemon over its control channel.
-Other packages add commands through the `agentstate.cli` entry point group.
+`agentstate serve` holds the directory, inside that daemon over its control socket.
+Agents call this hundreds of times, so a call imports only what it needs: the daemon path
+loads argparse, json and a socket, never pycrdt or pydantic. Other packages add commands
+through the `agentstate.cli` entry point group (`register(cli)` with a `Registry`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
+import argparse
 import json
-import logging
 import os
 import sys
-import traceback
-from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
 
-import click
-from rich.console import Console
-from rich.table import Table
-
-from . import commands
-from .control import ControlError, Endpoint, call
-from .datadir import DataDir
-from .durability import Durability
-from .errors import DataDirLockedError, ReplicaError
+from .control import ENDPOINT_FILE, ControlError, Endpoint, RemoteError, call
+from .errors import ReplicaError
 from .exitcodes import ExitCode, exit_code_for
-from .replica import Replica
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+    Runner = Callable[["Invocation"], "int | None"]
+    StatusRenderer = Callable[[Any], "list[str]"]
+    ServeNote = Callable[[dict[str, Any], dict[str, Any]], "list[str]"]
 
 DEFAULT_DATA = ".agentstate"
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-StatusRenderer = Callable[[Console, Any], None]
-_STATUS_RENDERERS: dict[str, StatusRenderer] = {}
+TASK_STATUSES = ("pending", "in_progress", "blocked", "completed", "cancelled")
+PRIORITIES = ("low", "medium", "high", "critical")
+DURABILITY_MODES = ("paranoid", "balanced", "lazy")
+TYPE_RULE = "a letter, then up to 63 letters, digits, '_', '.' or '-'"
+PLUGIN_GROUP = "agentstate.cli"
+EXIT_CODES_HELP = ("exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 invalid input, "
+                   "5 data directory problem, 6 daemon unreachable, 7 conflict, 8 verify found problems")
 
 
-def register_status_renderer(section: str, renderer: StatusRenderer) -> None:
-    """Let a plugin draw its own section of `agentstate status` (by the key its service reports)."""
-    _STATUS_RENDERERS[section] = renderer
+class UsageError(Exception):
+    """The command line itself is wrong (exit 2)."""
+
+
+class Arg:
+    """One argparse argument of a command; `env` names a variable that supplies the default."""
+
+    __slots__ = ("flags", "options", "env")
+
+    def __init__(self, *flags: str, env: str | None = None, **options: Any) -> None:
+        self.flags = flags
+        self.options = options
+        self.env = env
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Add this argument to `parser`, taking its default from $env when set."""
+        options = dict(self.options)
+        if self.env is not None:
+            if os.environ.get(self.env):
+                options["default"] = os.environ[self.env]
+            options["help"] = f"{options.get('help', '')} (or ${self.env})".strip()
+        parser.add_argument(*self.flags, **options)
+
+
+def terminal_width() -> int:
+    """Columns to wrap help at: $COLUMNS, else the terminal's width, else 100 (without importing shutil)."""
+    try:
+        return max(40, int(os.environ["COLUMNS"]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return max(40, os.get_terminal_size(sys.stdout.fileno()).columns)
+    except (OSError, ValueError, AttributeError):
+        return 100
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter with the width decided once (argparse asks shutil on every argument added)."""
+
+    width = 0
+
+    def __init__(self, prog: str) -> None:
+        if not HelpFormatter.width:
+            HelpFormatter.width = terminal_width() - 2
+        super().__init__(prog, width=HelpFormatter.width)
+
+
+class Command:
+    """A command: its words, one-line summary, longer description, arguments and what it runs."""
+
+    __slots__ = ("path", "summary", "description", "args", "run", "plugins")
+
+    def __init__(self, path: tuple[str, ...], summary: str, description: str, args: list[Arg],
+                 run: Runner, plugins: bool) -> None:
+        self.path = path
+        self.summary = summary
+        self.description = description
+        self.args = args
+        self.run = run
+        self.plugins = plugins
+
+    def parser(self) -> argparse.ArgumentParser:
+        """An argparse parser for this command's own arguments (built only for the command run)."""
+        parser = argparse.ArgumentParser(
+            prog="agentstate " + " ".join(self.path), description=self.summary + (
+                "\n\n" + self.description if self.description else ""),
+            formatter_class=HelpFormatter, allow_abbrev=False)
+        for argument in self.args:
+            argument.add_to(parser)
+        return parser
+
+
+class Registry:
+    """Every command and command group, plus the hooks plugins fill (status sections, serve notes)."""
+
+    def __init__(self) -> None:
+        self.commands: dict[tuple[str, ...], Command] = {}
+        self.groups: dict[tuple[str, ...], str] = {}
+        self.status_renderers: dict[str, StatusRenderer] = {}
+        self.serve_notes: list[ServeNote] = []
+        self.plugins_loaded = False
+
+    def group(self, words: str, summary: str) -> None:
+        """Declare a command group (`task`, `graph node`) and its one-line summary."""
+        self.groups[tuple(words.split())] = summary
+
+    def command(self, words: str, summary: str, *args: Arg, description: str = "",
+                plugins: bool = False) -> Callable[[Runner], Runner]:
+        """Register the decorated function as command `words`; `plugins` loads plugins before it runs."""
+
+        def decorate(run: Runner) -> Runner:
+            path = tuple(words.split())
+            self.commands[path] = Command(path, summary, description, list(args), run, plugins)
+            return run
+
+        return decorate
+
+    def extend(self, words: str, *args: Arg) -> None:
+        """Add arguments to an existing command (the transport adds its network options to `serve`)."""
+        command = self.commands[tuple(words.split())]
+        known = {flag for argument in command.args for flag in argument.flags}
+        command.args.extend(a for a in args if not known.intersection(a.flags))
+
+    def register_status_renderer(self, section: str, renderer: StatusRenderer) -> None:
+        """Let a plugin print its own section of `agentstate status` (by the key its service reports)."""
+        self.status_renderers[section] = renderer
+
+    def register_serve_note(self, note: ServeNote) -> None:
+        """Let a plugin add lines to what `serve` prints when ready: `note(options, service_status)`."""
+        self.serve_notes.append(note)
+
+    def top_words(self) -> set[str]:
+        """First words of every command and group."""
+        return {path[0] for path in self.commands} | {path[0] for path in self.groups}
+
+    def load_plugins(self) -> None:
+        """Let installed packages (transport, compat) add their commands, once."""
+        if self.plugins_loaded:
+            return
+        self.plugins_loaded = True
+        from importlib import import_module
+
+        for name, target in entry_points(PLUGIN_GROUP):
+            module, _, attribute = target.partition(":")
+            try:
+                getattr(import_module(module.strip()), attribute.strip())(self)
+            except Exception as exc:
+                print(f"warning: plugin {name} failed to load: {exc}", file=sys.stderr)
+
+    def help_text(self) -> str:
+        """The top-level help: global options, then every command with its summary."""
+        paths = sorted(self.commands, key=lambda p: _ORDER.get(p[0], 50))
+        width = max(len(" ".join(p)) for p in paths) + 2
+        lines = [
+            "usage: agentstate [--data DIR] [--debug] COMMAND [ARGS...]",
+            "",
+            "agentstate: replicated task board, graph of thought and counters for AI agents.",
+            "",
+            "options:",
+            "  --data DIR  data directory (default: $AGENTSTATE_DATA, else ./.agentstate);",
+            "              created on first use",
+            "  --debug     show tracebacks for internal errors",
+            "  -h, --help  show this help",
+            "",
+            "commands:",
+        ]
+        lines += [f"  {' '.join(p):<{width}}{self.commands[p].summary}" for p in paths]
+        lines += ["", "`agentstate COMMAND --help` shows a command's options.", EXIT_CODES_HELP]
+        return "\n".join(lines) + "\n"
+
+    def group_help(self, path: tuple[str, ...]) -> str:
+        """Help of one group: its summary and its commands."""
+        inner = [p for p in self.commands if p[:len(path)] == path]
+        width = max(len(" ".join(p)) for p in inner) + 2
+        lines = [f"usage: agentstate {' '.join(path)} COMMAND [ARGS...]", "", self.groups.get(path, ""), "",
+                 "commands:"]
+        lines += [f"  {' '.join(p):<{width}}{self.commands[p].summary}" for p in inner]
+        return "\n".join(lines) + "\n"
+
+
+_ORDER = {"init": 0, "task": 1, "graph": 2, "counter": 3, "status": 4, "serve": 5}
+
+
+def entry_points(group: str) -> list[tuple[str, str]]:
+    """(name, "module:attribute") of every installed entry point in `group`.
+
+    Reads the entry_points.txt of each distribution on sys.path (first one of a name wins,
+    as importlib.metadata does) without importing importlib.metadata, which costs ~30 ms.
+    """
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for dist in names:
+            if not dist.endswith((".dist-info", ".egg-info")):
+                continue
+            project = dist.rsplit(".", 1)[0].split("-", 1)[0].lower().replace("_", "-").replace(".", "-")
+            if project in seen:
+                continue
+            seen.add(project)
+            try:
+                text = Path(entry or ".", dist, "entry_points.txt").read_text()
+            except OSError:
+                continue
+            section = None
+            for line in text.splitlines():
+                line = line.strip()
+                if line.startswith("[") and line.endswith("]"):
+                    section = line[1:-1].strip()
+                elif section == group and "=" in line and not line.startswith(("#", ";")):
+                    name, _, target = line.partition("=")
+                    found.setdefault(name.strip(), target.strip())
+    return sorted(found.items())
+
+
+cli = Registry()
 
 
 class Session:
     """Per-invocation context: where the data lives and how to run a command on it."""
 
-    def __init__(self, data: Path, debug: bool) -> None:
-        self.datadir = DataDir(data)
+    def __init__(self, data: Path | str, debug: bool = False) -> None:
+        self.path = Path(data).expanduser().resolve()
         self.debug = debug
 
     def endpoint(self) -> Endpoint | None:
         """The running daemon's endpoint, if one published it and its process is alive.
 
         Never touches the directory lock: probing it by taking it could make a `serve`
-        that is just starting fail.
+        that is just starting fail. A daemon.json naming a dead process is removed.
         """
-        endpoint = Endpoint.read(self.datadir.daemon_file)
+        path = self.path / ENDPOINT_FILE
+        endpoint = Endpoint.read(path)
         if endpoint is None:
             return None
         try:
             os.kill(endpoint.pid, 0)
         except ProcessLookupError:
+            if Endpoint.read(path) == endpoint:
+                path.unlink(missing_ok=True)
             return None
         except PermissionError:
             pass
         return endpoint
 
-    def run(self, name: str, params: dict[str, Any], *, create: bool = False) -> Any:
-        """Run a command via the daemon if one holds the directory, else on a local replica."""
+    def run(self, name: str, params: dict[str, Any]) -> Any:
+        """Run a command via the daemon if one holds the directory, else on a replica opened here.
+
+        The directory is created on first use, as `Replica.open` does.
+        """
         endpoint = self.endpoint()
         unreachable: ControlError | None = None
         if endpoint is not None:
@@ -76,46 +278,102 @@ class Session:
                 return call(endpoint, name, params)
             except ControlError as error:
                 unreachable = error
-        if not create and not self.datadir.exists():
-            raise ReplicaError(
-                f"{self.datadir.path} is not an agentstate data directory (run `agentstate init` first, "
-                "or pass --data / set AGENTSTATE_DATA)"
-            )
+        from . import commands
+        from .errors import DataDirLockedError
+        from .replica import Replica
+
         try:
-            replica = Replica.open(self.datadir.path)
+            replica = Replica.open(self.path)
         except DataDirLockedError:
             if unreachable is not None:
                 raise unreachable from None
             raise
         try:
-            self.datadir.daemon_file.unlink(missing_ok=True)
             return commands.execute(replica, name, params)
         finally:
             replica.close()
 
 
-def _session(ctx: click.Context) -> Session:
-    return ctx.find_object(Session)  # type: ignore[return-value]
+class Invocation:
+    """One run of a command: the session and the parsed arguments."""
+
+    __slots__ = ("session", "args")
+
+    def __init__(self, session: Session, args: argparse.Namespace) -> None:
+        self.session = session
+        self.args = args
+
+    def run(self, name: str, params: dict[str, Any]) -> Any:
+        """Run command `name` with `params` (see `Session.run`)."""
+        return self.session.run(name, params)
+
+
+# ---------------------------------------------------------------------------------- output
+
+
+def _styled() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def one_line(value: Any) -> str:
+    """A field as text on one line: JSON for lists and maps, newlines and tabs escaped, never cut."""
+    if value is None:
+        return ""
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def table_lines(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """Aligned columns, one row per line, every cell in full (ids are never cut, on a terminal or not)."""
+    cells = [[one_line(cell) for cell in row] for row in rows]
+    widths = [max([len(column)] + [len(row[i]) for row in cells]) for i, column in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    header = line(columns)
+    if _styled():
+        header = f"\033[1m{header}\033[0m"
+    return [header] + [line(row) for row in cells]
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> None:
+    """Print a table, or `empty` when there are no rows."""
+    rows = list(rows)
+    print("\n".join(table_lines(columns, rows)) if rows else empty)
+
+
+def record_lines(data: dict[str, Any]) -> list[str]:
+    """`key  value` lines of one record, aligned."""
+    width = max((len(key) for key in data), default=0)
+    return [f"{key:<{width}}  {one_line(value)}".rstrip() for key, value in data.items()]
+
+
+def show_record(data: dict[str, Any]) -> None:
+    """Print one record as aligned `key  value` lines."""
+    print("\n".join(record_lines(data)))
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
     """Print `data` as JSON for scripts or through `render` for people."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         render(data)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def json_arg(what: str = "the result") -> Arg:
+    """The `--json` flag, saying what it prints."""
+    return Arg("--json", dest="as_json", action="store_true", help=f"print {what} as JSON (for scripts)")
 
 
-def parse_props(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_props(pairs: Sequence[str] | None, option: str = "--prop") -> dict[str, Any]:
     """KEY=VALUE pairs; VALUE is JSON if it parses as JSON, else a plain string."""
     props: dict[str, Any] = {}
-    for pair in pairs:
+    for pair in pairs or ():
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--prop")
+            raise UsageError(f"{option}: {pair!r} is not KEY=VALUE")
         try:
             props[key] = json.loads(raw)
         except ValueError:
@@ -123,526 +381,570 @@ def parse_props(pairs: tuple[str, ...]) -> dict[str, Any]:
     return props
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data", type=click.Path(path_type=Path), envvar="AGENTSTATE_DATA", default=DEFAULT_DATA,
-              show_default=True, help="Data directory (else $AGENTSTATE_DATA, else ./.agentstate).")
-@click.option("--debug", is_flag=True, help="Show tracebacks for internal errors.")
-@click.pass_context
-def cli(ctx: click.Context, data: Path, debug: bool) -> None:
-    """agentstate: replicated task board, graph of thought and counters for AI agents."""
-    ctx.obj = Session(data, debug)
+def int_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer between low and high inclusive."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    parse.__name__ = f"integer {low}..{high}"
+    return parse
 
 
-@cli.command()
-@click.option("--replica-id", default=None, help="Name for this replica (default: generated).")
-@json_option
-@click.pass_context
-def init(ctx: click.Context, replica_id: str | None, as_json: bool) -> None:
-    """Create the data directory (nothing changes if it exists)."""
-    session = _session(ctx)
-    existed = session.datadir.exists()
+def _given(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+PROP = Arg("--prop", dest="props", action="append", metavar="KEY=VALUE",
+           help="set a property; VALUE is JSON if it parses as JSON, else text; repeatable")
+STATUS_HELP = "one of: " + ", ".join(TASK_STATUSES)
+PRIORITY_HELP = "one of: " + ", ".join(PRIORITIES)
+TASK_ID = Arg("task_id", metavar="ID", help="task id, or any unique prefix of it (8+ characters)")
+
+# -------------------------------------------------------------------------------- commands
+
+cli.group("task", "Tasks on the shared board.")
+cli.group("graph", "The graph of thought: nodes and edges.")
+cli.group("graph node", "Graph nodes.")
+cli.group("graph edge", "Graph edges.")
+cli.group("counter", "Exact PN-counters (each replica adds and subtracts; the sum is exact).")
+
+
+@cli.command("init", "Create the data directory (nothing changes if it exists).",
+             Arg("--replica-id", default=None, help="name for this replica (default: generated r-...)"),
+             json_arg("the replica id, path and whether it was created"),
+             description="Other commands create the directory too; `init` lets you choose the replica id.")
+def init_cmd(inv: Invocation) -> None:
+    """Create (or find) the data directory and say which."""
+    session = inv.session
+    existed = (session.path / "replica.json").is_file()
     if session.endpoint() is not None:
         result = session.run("status", {})["replica"]
     else:
-        with Replica.open(session.datadir.path, replica_id=replica_id) as replica:
+        from .replica import Replica
+
+        with Replica.open(session.path, replica_id=inv.args.replica_id) as replica:
             result = replica.stats()
-    emit({"replica_id": result["replica_id"], "path": str(session.datadir.path), "created": not existed},
-         as_json, lambda d: out.print(f"{'initialised' if d['created'] else 'already initialised'} "
-                                      f"{d['path']} (replica {d['replica_id']})"))
+    data = {"replica_id": result["replica_id"], "path": str(session.path), "created": not existed}
+    emit(data, inv.args.as_json, lambda d: print(
+        f"{'initialised' if d['created'] else 'already initialised'} {d['path']} (replica {d['replica_id']})"))
 
 
-@cli.command()
-@click.option("--durability", type=click.Choice([m.value for m in Durability]), default="balanced",
-              envvar="AGENTSTATE_DURABILITY", show_default=True, help="When writes reach the disk.")
-@click.pass_context
-def serve(ctx: click.Context, durability: str, **options: Any) -> None:
-    """Hold the data directory and run the replica until SIGTERM / Ctrl-C."""
+@cli.command("serve", "Hold the data directory and run the replica (and network) until Ctrl-C.",
+             Arg("--durability", choices=DURABILITY_MODES, default="balanced", env="AGENTSTATE_DURABILITY",
+                 help="when writes reach the disk: paranoid (each fsynced), balanced (fsync within 50 ms), "
+                      "lazy (the OS decides); default balanced"),
+             plugins=True,
+             description="While it runs, every other `agentstate` command on this directory is carried out\n"
+                         "by it, over a Unix socket in the directory that only its owner can use.\n"
+                         "Stop it with Ctrl-C or SIGTERM: it flushes and closes the replica.")
+def serve_cmd(inv: Invocation) -> None:
+    """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
+    import asyncio
+    import logging
+
     from .daemon import Daemon
 
-    session = _session(ctx)
+    options = {k: v for k, v in vars(inv.args).items() if k != "durability"}
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    daemon = Daemon(session.datadir.path, durability=durability, options=options)
-    asyncio.run(daemon.run(ready=lambda d: click.echo(f"ready {d.replica.replica_id if d.replica else ''}",
-                                                      err=True)))
+    daemon = Daemon(inv.session.path, durability=inv.args.durability, options=options)
+
+    def ready(d: Daemon) -> None:
+        replica_id = d.replica.replica_id if d.replica else ""
+        lines = [f"agentstate serve: replica {replica_id} in {inv.session.path} "
+                 f"(durability {inv.args.durability}, pid {os.getpid()})"]
+        status = d.service_status()
+        for note in cli.serve_notes:
+            lines += [f"  {line}" for line in note(options, status)]
+        lines += [f"  other agentstate commands on this directory run here (control socket "
+                  f"{d.control.path if d.control else ''}, owner only)",
+                  f"  stop: Ctrl-C here, or kill -TERM {os.getpid()}"]
+        print("\n".join(lines), file=sys.stderr)
+        print(f"ready {replica_id}", file=sys.stderr, flush=True)
+
+    asyncio.run(daemon.run(ready=ready))
 
 
-def _task_table(tasks: list[dict[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for column in ("id", "status", "priority", "owner", "title", "tags"):
-        table.add_column(column)
-    for t in tasks:
-        table.add_row(t["id"], t["status"], t["priority"], t.get("owner") or "", t["title"], ",".join(t["tags"]))
-    return table
+@cli.command("task add", "Create a task and print its id.",
+             Arg("title", help="what the task is"),
+             Arg("--id", dest="task_id", default=None, help="task id (default: generated T-<time>-<random>)"),
+             Arg("--description", default="", help="longer text"),
+             Arg("--status", default="pending", help=f"{STATUS_HELP} (default pending)"),
+             Arg("--priority", default="medium", help=f"{PRIORITY_HELP} (default medium)"),
+             Arg("--owner", default=None, help="who works on it (an agent or person name)"),
+             Arg("--tag", dest="tags", action="append", metavar="TAG", help="a tag; repeatable"),
+             Arg("--depends-on", dest="depends_on", action="append", metavar="ID",
+                 help="a task this one waits for; repeatable"),
+             PROP, json_arg("the whole task"))
+def task_add(inv: Invocation) -> None:
+    """Create a task; plain output is the id alone, so `ID=$(agentstate task add ...)` works."""
+    a = inv.args
+    params = {"title": a.title, "id": a.task_id, "description": a.description, "status": a.status,
+              "priority": a.priority, "owner": a.owner, "tags": a.tags or [], "depends_on": a.depends_on or [],
+              "properties": parse_props(a.props)}
+    emit(inv.run("task.add", params), a.as_json, lambda d: print(d["id"]))
 
 
-def _show_record(data: dict[str, Any]) -> None:
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in data.items():
-        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value if value is not None else "")
-        table.add_row(key, text)
-    out.print(table)
-
-
-@cli.group()
-def task() -> None:
-    """Tasks on the shared board."""
-
-
-@task.command("add")
-@click.argument("title")
-@click.option("--id", "task_id", default=None, help="Task id (default: generated T-...).")
-@click.option("--description", default="")
-@click.option("--status", default="pending")
-@click.option("--priority", default="medium")
-@click.option("--owner", default=None)
-@click.option("--tag", "tags", multiple=True, help="Repeatable.")
-@click.option("--depends-on", "depends_on", multiple=True, help="Repeatable.")
-@click.option("--prop", "props", multiple=True, help="KEY=VALUE (JSON value), repeatable.")
-@json_option
-@click.pass_context
-def task_add(ctx: click.Context, title: str, task_id: str | None, description: str, status: str, priority: str,
-             owner: str | None, tags: tuple[str, ...], depends_on: tuple[str, ...], props: tuple[str, ...],
-             as_json: bool) -> None:
-    """Create a task."""
-    params = {"title": title, "id": task_id, "description": description, "status": status,
-              "priority": priority, "owner": owner, "tags": list(tags), "depends_on": list(depends_on),
-              "properties": parse_props(props)}
-    result = _session(ctx).run("task.add", params)
-    emit(result, as_json, lambda d: out.print(d["id"]))
-
-
-@task.command("list")
-@click.option("--status", default=None)
-@click.option("--owner", default=None)
-@click.option("--tag", default=None)
-@json_option
-@click.pass_context
-def task_list(ctx: click.Context, status: str | None, owner: str | None, tag: str | None, as_json: bool) -> None:
-    """List tasks, optionally filtered."""
-    params = {k: v for k, v in {"status": status, "owner": owner, "tag": tag}.items() if v is not None}
-    result = _session(ctx).run("task.list", params)
+@cli.command("task list", "List tasks, oldest first, optionally filtered.",
+             Arg("--status", default=None, help=f"only tasks with this status: {', '.join(TASK_STATUSES)}"),
+             Arg("--owner", default=None, help="only tasks of this owner"),
+             Arg("--tag", default=None, help="only tasks with this tag"),
+             json_arg("the tasks (and any invalid records)"),
+             description="Prints one task per line with every field in full (ids are never cut).")
+def task_list(inv: Invocation) -> None:
+    """List tasks as aligned lines or JSON."""
+    a = inv.args
+    result = inv.run("task.list", _given(status=a.status, owner=a.owner, tag=a.tag))
 
     def render(d: dict[str, Any]) -> None:
-        out.print(_task_table(d["tasks"]))
+        print_table(("id", "status", "priority", "owner", "title", "tags"),
+                    ((t["id"], t["status"], t["priority"], t.get("owner"), t["title"], ",".join(t["tags"]))
+                     for t in d["tasks"]), "no tasks")
         if d["invalid"]:
-            err.print(f"{len(d['invalid'])} invalid task record(s) skipped; see `agentstate verify`")
+            print(f"{len(d['invalid'])} invalid task record(s) skipped; see `agentstate verify`", file=sys.stderr)
 
-    emit(result, as_json, render)
+    emit(result, a.as_json, render)
 
 
-@task.command("show")
-@click.argument("task_id")
-@json_option
-@click.pass_context
-def task_show(ctx: click.Context, task_id: str, as_json: bool) -> None:
+@cli.command("task show", "Show one task, every field.", TASK_ID, json_arg("the task"))
+def task_show(inv: Invocation) -> None:
     """Show one task."""
-    emit(_session(ctx).run("task.show", {"id": task_id}), as_json, _show_record)
+    emit(inv.run("task.show", {"id": inv.args.task_id}), inv.args.as_json, show_record)
 
 
-@task.command("update")
-@click.argument("task_id")
-@click.option("--title", default=None)
-@click.option("--description", default=None)
-@click.option("--status", default=None)
-@click.option("--priority", default=None)
-@click.option("--owner", default=None)
-@click.option("--add-tag", "add_tags", multiple=True)
-@click.option("--remove-tag", "remove_tags", multiple=True)
-@click.option("--depends-on", "depends_on", multiple=True, help="Replaces the dependency set.")
-@click.option("--prop", "props", multiple=True, help="KEY=VALUE (JSON value), repeatable.")
-@click.option("--remove-prop", "remove_props", multiple=True)
-@json_option
-@click.pass_context
-def task_update(ctx: click.Context, task_id: str, title: str | None, description: str | None,
-                status: str | None, priority: str | None, owner: str | None, add_tags: tuple[str, ...],
-                remove_tags: tuple[str, ...], depends_on: tuple[str, ...], props: tuple[str, ...],
-                remove_props: tuple[str, ...], as_json: bool) -> None:
-    """Change fields of a task (only those given)."""
-    params: dict[str, Any] = {"id": task_id}
-    for key, value in (("title", title), ("description", description), ("status", status),
-                       ("priority", priority), ("owner", owner)):
-        if value is not None:
+@cli.command("task update", "Change the fields of a task that are given; print the task.",
+             TASK_ID,
+             Arg("--title", default=None, help="new title"),
+             Arg("--description", default=None, help="new description"),
+             Arg("--status", default=None, help=STATUS_HELP),
+             Arg("--priority", default=None, help=PRIORITY_HELP),
+             Arg("--owner", default=None, help="new owner"),
+             Arg("--add-tag", dest="add_tags", action="append", metavar="TAG", help="add a tag; repeatable"),
+             Arg("--remove-tag", dest="remove_tags", action="append", metavar="TAG",
+                 help="remove a tag; repeatable"),
+             Arg("--depends-on", dest="depends_on", action="append", metavar="ID",
+                 help="replaces the dependency set; repeatable"),
+             PROP,
+             Arg("--remove-prop", dest="remove_props", action="append", metavar="KEY",
+                 help="remove a property; repeatable"),
+             json_arg("the updated task"))
+def task_update(inv: Invocation) -> None:
+    """Update a task."""
+    a = inv.args
+    params: dict[str, Any] = {"id": a.task_id, **_given(title=a.title, description=a.description,
+                                                         status=a.status, priority=a.priority, owner=a.owner)}
+    for key, value in (("add_tags", a.add_tags), ("remove_tags", a.remove_tags), ("depends_on", a.depends_on),
+                       ("remove_properties", a.remove_props)):
+        if value:
             params[key] = value
-    if add_tags:
-        params["add_tags"] = list(add_tags)
-    if remove_tags:
-        params["remove_tags"] = list(remove_tags)
-    if depends_on:
-        params["depends_on"] = list(depends_on)
-    if props:
-        params["properties"] = parse_props(props)
-    if remove_props:
-        params["remove_properties"] = list(remove_props)
-    emit(_session(ctx).run("task.update", params), as_json, _show_record)
+    if a.props:
+        params["properties"] = parse_props(a.props)
+    emit(inv.run("task.update", params), a.as_json, show_record)
 
 
-@task.command("rm")
-@click.argument("task_id")
-@json_option
-@click.pass_context
-def task_rm(ctx: click.Context, task_id: str, as_json: bool) -> None:
+@cli.command("task rm", "Delete a task.", TASK_ID, json_arg("the id deleted"))
+def task_rm(inv: Invocation) -> None:
     """Delete a task."""
-    emit(_session(ctx).run("task.rm", {"id": task_id}), as_json, lambda d: out.print(f"deleted {d['deleted']}"))
+    emit(inv.run("task.rm", {"id": inv.args.task_id}), inv.args.as_json, lambda d: print(f"deleted {d['deleted']}"))
 
 
-@cli.group()
-def graph() -> None:
-    """The graph of thought: nodes and edges."""
+NODE_TYPE_HELP = f"node type: any name ({TYPE_RULE}), e.g. question, hypothesis, decision, concept"
+EDGE_TYPE_HELP = f"edge type: any name ({TYPE_RULE}), e.g. answers, supports, refines, depends_on"
 
 
-@graph.group("node")
-def graph_node() -> None:
-    """Graph nodes."""
-
-
-@graph_node.command("add")
-@click.argument("node_id")
-@click.option("--type", "node_type", required=True)
-@click.option("--content", default="")
-@click.option("--prop", "props", multiple=True, help="KEY=VALUE (JSON value), repeatable.")
-@json_option
-@click.pass_context
-def node_add(ctx: click.Context, node_id: str, node_type: str, content: str, props: tuple[str, ...],
-             as_json: bool) -> None:
+@cli.command("graph node add", "Add a node and print its id.",
+             Arg("node_id", metavar="ID", help="node id (letters, digits and _.:@/+#~-)"),
+             Arg("--type", dest="node_type", required=True, help=NODE_TYPE_HELP),
+             Arg("--content", default="", help="the node's text"),
+             PROP, json_arg("the node"))
+def node_add(inv: Invocation) -> None:
     """Add a node."""
-    params = {"id": node_id, "type": node_type, "content": content, "properties": parse_props(props)}
-    emit(_session(ctx).run("graph.node.add", params), as_json, lambda d: out.print(d["id"]))
+    a = inv.args
+    params = {"id": a.node_id, "type": a.node_type, "content": a.content, "properties": parse_props(a.props)}
+    emit(inv.run("graph.node.add", params), a.as_json, lambda d: print(d["id"]))
 
 
-@graph_node.command("update")
-@click.argument("node_id")
-@click.option("--type", "node_type", default=None)
-@click.option("--content", default=None)
-@click.option("--prop", "props", multiple=True)
-@click.option("--remove-prop", "remove_props", multiple=True)
-@json_option
-@click.pass_context
-def node_update(ctx: click.Context, node_id: str, node_type: str | None, content: str | None,
-                props: tuple[str, ...], remove_props: tuple[str, ...], as_json: bool) -> None:
-    """Change fields of a node."""
-    params: dict[str, Any] = {"id": node_id}
-    if node_type is not None:
-        params["type"] = node_type
-    if content is not None:
-        params["content"] = content
-    if props:
-        params["properties"] = parse_props(props)
-    if remove_props:
-        params["remove_properties"] = list(remove_props)
-    emit(_session(ctx).run("graph.node.update", params), as_json, _show_record)
+@cli.command("graph node update", "Change the fields of a node that are given; print the node.",
+             Arg("node_id", metavar="ID"),
+             Arg("--type", dest="node_type", default=None, help=NODE_TYPE_HELP),
+             Arg("--content", default=None, help="new text"),
+             PROP,
+             Arg("--remove-prop", dest="remove_props", action="append", metavar="KEY",
+                 help="remove a property; repeatable"),
+             json_arg("the updated node"))
+def node_update(inv: Invocation) -> None:
+    """Update a node."""
+    a = inv.args
+    params: dict[str, Any] = {"id": a.node_id, **_given(type=a.node_type, content=a.content)}
+    if a.props:
+        params["properties"] = parse_props(a.props)
+    if a.remove_props:
+        params["remove_properties"] = a.remove_props
+    emit(inv.run("graph.node.update", params), a.as_json, show_record)
 
 
-@graph_node.command("rm")
-@click.argument("node_id")
-@json_option
-@click.pass_context
-def node_rm(ctx: click.Context, node_id: str, as_json: bool) -> None:
-    """Remove a node and its edges."""
-    emit(_session(ctx).run("graph.node.rm", {"id": node_id}), as_json,
-         lambda d: out.print(f"deleted {d['deleted']} and {d['edges_removed']} edge(s)"))
+@cli.command("graph node rm", "Remove a node and its edges.", Arg("node_id", metavar="ID"),
+             json_arg("what was removed"))
+def node_rm(inv: Invocation) -> None:
+    """Remove a node."""
+    emit(inv.run("graph.node.rm", {"id": inv.args.node_id}), inv.args.as_json,
+         lambda d: print(f"deleted {d['deleted']} and {d['edges_removed']} edge(s)"))
 
 
-@graph_node.command("list")
-@click.option("--type", "node_type", default=None)
-@json_option
-@click.pass_context
-def node_list(ctx: click.Context, node_type: str | None, as_json: bool) -> None:
+@cli.command("graph node list", "List nodes, optionally of one type.",
+             Arg("--type", dest="node_type", default=None, help="only nodes of this type"),
+             json_arg("the nodes"))
+def node_list(inv: Invocation) -> None:
     """List nodes."""
-    params = {"type": node_type} if node_type else {}
-
-    def render(d: dict[str, Any]) -> None:
-        table = Table(box=None, pad_edge=False)
-        for column in ("id", "type", "content"):
-            table.add_column(column)
-        for n in d["nodes"]:
-            table.add_row(n["id"], n["type"], n["content"])
-        out.print(table)
-
-    emit(_session(ctx).run("graph.node.list", params), as_json, render)
+    emit(inv.run("graph.node.list", _given(type=inv.args.node_type)), inv.args.as_json,
+         lambda d: print_table(("id", "type", "content"), ((n["id"], n["type"], n["content"]) for n in d["nodes"]),
+                               "no nodes"))
 
 
-@graph.group("edge")
-def graph_edge() -> None:
-    """Graph edges."""
+def _edge_rows(edges: list[dict[str, Any]]) -> Iterable[tuple[Any, ...]]:
+    return ((e["source"], e["type"], e["target"], f"{e['weight']:g}") for e in edges)
 
 
-def _edge_table(edges: list[dict[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for column in ("source", "type", "target", "weight"):
-        table.add_column(column)
-    for e in edges:
-        table.add_row(e["source"], e["type"], e["target"], f"{e['weight']:g}")
-    return table
+@cli.command("graph edge add", "Add an edge (or change its weight).",
+             Arg("source", help="node id the edge starts at"), Arg("target", help="node id it points to"),
+             Arg("--type", dest="edge_type", required=True, help=EDGE_TYPE_HELP),
+             Arg("--weight", type=float, default=1.0, help="weight (default 1.0)"),
+             PROP, json_arg("the edge"))
+def edge_add(inv: Invocation) -> None:
+    """Add an edge."""
+    a = inv.args
+    params = {"source": a.source, "target": a.target, "type": a.edge_type, "weight": a.weight,
+              "properties": parse_props(a.props)}
+    emit(inv.run("graph.edge.add", params), a.as_json, lambda d: print(f"{d['source']} -{d['type']}-> {d['target']}"))
 
 
-@graph_edge.command("add")
-@click.argument("source")
-@click.argument("target")
-@click.option("--type", "edge_type", required=True)
-@click.option("--weight", type=float, default=1.0, show_default=True)
-@click.option("--prop", "props", multiple=True)
-@json_option
-@click.pass_context
-def edge_add(ctx: click.Context, source: str, target: str, edge_type: str, weight: float,
-             props: tuple[str, ...], as_json: bool) -> None:
-    """Add (or re-weight) an edge."""
-    params = {"source": source, "target": target, "type": edge_type, "weight": weight,
-              "properties": parse_props(props)}
-    emit(_session(ctx).run("graph.edge.add", params), as_json,
-         lambda d: out.print(f"{d['source']} -{d['type']}-> {d['target']}"))
-
-
-@graph_edge.command("rm")
-@click.argument("source")
-@click.argument("target")
-@click.option("--type", "edge_type", required=True)
-@json_option
-@click.pass_context
-def edge_rm(ctx: click.Context, source: str, target: str, edge_type: str, as_json: bool) -> None:
+@cli.command("graph edge rm", "Remove an edge.", Arg("source"), Arg("target"),
+             Arg("--type", dest="edge_type", required=True, help=EDGE_TYPE_HELP), json_arg("the edge removed"))
+def edge_rm(inv: Invocation) -> None:
     """Remove an edge."""
-    emit(_session(ctx).run("graph.edge.rm", {"source": source, "target": target, "type": edge_type}),
-         as_json, lambda d: out.print(f"deleted {d['deleted']}"))
+    a = inv.args
+    emit(inv.run("graph.edge.rm", {"source": a.source, "target": a.target, "type": a.edge_type}), a.as_json,
+         lambda d: print(f"deleted {d['deleted']}"))
 
 
-@graph_edge.command("list")
-@click.option("--source", default=None)
-@click.option("--target", default=None)
-@click.option("--type", "edge_type", default=None)
-@json_option
-@click.pass_context
-def edge_list(ctx: click.Context, source: str | None, target: str | None, edge_type: str | None,
-              as_json: bool) -> None:
-    """List edges (and any dangling ones)."""
-    params = {k: v for k, v in {"source": source, "target": target, "type": edge_type}.items() if v}
+@cli.command("graph edge list", "List edges (and count dangling ones), optionally filtered.",
+             Arg("--source", default=None, help="only edges from this node"),
+             Arg("--target", default=None, help="only edges to this node"),
+             Arg("--type", dest="edge_type", default=None, help="only edges of this type"),
+             json_arg("the edges and the dangling ones"))
+def edge_list(inv: Invocation) -> None:
+    """List edges."""
+    a = inv.args
 
     def render(d: dict[str, Any]) -> None:
-        out.print(_edge_table(d["edges"]))
+        print_table(("source", "type", "target", "weight"), _edge_rows(d["edges"]), "no edges")
         if d["dangling"]:
-            err.print(f"{len(d['dangling'])} dangling edge(s) (an end not present here yet)")
+            print(f"{len(d['dangling'])} dangling edge(s) (an end not present here yet)", file=sys.stderr)
 
-    emit(_session(ctx).run("graph.edge.list", params), as_json, render)
-
-
-@graph.command("show")
-@click.argument("node_id")
-@click.option("--depth", type=click.IntRange(0, 20), default=1, show_default=True)
-@click.option("--limit", type=click.IntRange(1, 100_000), default=200, show_default=True)
-@click.option("--direction", type=click.Choice(["out", "in", "both"]), default="both", show_default=True)
-@json_option
-@click.pass_context
-def graph_show(ctx: click.Context, node_id: str, depth: int, limit: int, direction: str, as_json: bool) -> None:
-    """Show a node and its neighbourhood (bounded traversal)."""
-    params = {"id": node_id, "depth": depth, "limit": limit, "direction": direction}
-
-    def render(d: dict[str, Any]) -> None:
-        table = Table(box=None, pad_edge=False)
-        for column in ("depth", "id", "type", "content"):
-            table.add_column(column)
-        for n in d["nodes"]:
-            table.add_row(str(n["depth"]), n["id"], n["type"], n["content"])
-        out.print(table)
-        out.print(_edge_table(d["edges"]))
-
-    emit(_session(ctx).run("graph.show", params), as_json, render)
+    emit(inv.run("graph.edge.list", _given(source=a.source, target=a.target, type=a.edge_type)), a.as_json, render)
 
 
-@cli.group()
-def counter() -> None:
-    """Exact PN-counters."""
-
-
-def _counter_command(name: str, verb: str) -> None:
-    @counter.command(verb)
-    @click.argument("counter_name")
-    @click.option("--by", type=int, default=1, show_default=True)
-    @json_option
-    @click.pass_context
-    def run(ctx: click.Context, counter_name: str, by: int, as_json: bool) -> None:
-        result = _session(ctx).run(name, {"name": counter_name, "by": by})
-        emit(result, as_json, lambda d: out.print(str(d["value"])))
-
-    run.__doc__ = f"{verb.capitalize()} a counter and print its new value."
-
-
-_counter_command("counter.incr", "incr")
-_counter_command("counter.decr", "decr")
-
-
-@counter.command("get")
-@click.argument("counter_name")
-@json_option
-@click.pass_context
-def counter_get(ctx: click.Context, counter_name: str, as_json: bool) -> None:
-    """Print a counter's value."""
-    emit(_session(ctx).run("counter.get", {"name": counter_name}), as_json, lambda d: out.print(str(d["value"])))
-
-
-@counter.command("list")
-@json_option
-@click.pass_context
-def counter_list(ctx: click.Context, as_json: bool) -> None:
-    """List every counter."""
+@cli.command("graph show", "Show a node and its neighbourhood (bounded walk).",
+             Arg("node_id", metavar="ID"),
+             Arg("--depth", type=int_range(0, 20), default=1, help="how many edges away, 0-20 (default 1)"),
+             Arg("--limit", type=int_range(1, 100_000), default=200, help="at most this many nodes (default 200)"),
+             Arg("--direction", choices=("out", "in", "both"), default="both",
+                 help="follow edges out of nodes, into them, or both (default both)"),
+             json_arg("the nodes and edges"))
+def graph_show(inv: Invocation) -> None:
+    """Show a neighbourhood."""
+    a = inv.args
 
     def render(d: dict[str, Any]) -> None:
-        table = Table(box=None, pad_edge=False)
-        table.add_column("name")
-        table.add_column("value", justify="right")
-        for name, value in sorted(d["counters"].items()):
-            table.add_row(name, str(value))
-        out.print(table)
+        print_table(("depth", "id", "type", "content"), ((n["depth"], n["id"], n["type"], n["content"])
+                                                         for n in d["nodes"]), "no nodes")
+        print_table(("source", "type", "target", "weight"), _edge_rows(d["edges"]), "no edges")
 
-    emit(_session(ctx).run("counter.list", {}), as_json, render)
+    emit(inv.run("graph.show", {"id": a.node_id, "depth": a.depth, "limit": a.limit, "direction": a.direction}),
+         a.as_json, render)
 
 
-@cli.command()
-@json_option
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the replica, the daemon and (with the network) its peers."""
-    session = _session(ctx)
-    result = session.run("status", {})
+def _counter_step(verb: str, description: str) -> None:
+    @cli.command(f"counter {verb}", description, Arg("counter_name", metavar="NAME"),
+                 Arg("--by", type=int, default=1, help="amount, a positive integer (default 1)"),
+                 json_arg("the counter's name and new value"))
+    def run(inv: Invocation) -> None:
+        result = inv.run(f"counter.{verb}", {"name": inv.args.counter_name, "by": inv.args.by})
+        emit(result, inv.args.as_json, lambda d: print(d["value"]))
+
+
+_counter_step("incr", "Add to a counter (created at 0 if new) and print its new value.")
+_counter_step("decr", "Subtract from a counter (created at 0 if new) and print its new value.")
+
+
+@cli.command("counter get", "Print a counter's value.", Arg("counter_name", metavar="NAME"),
+             json_arg("the counter's name and value"))
+def counter_get(inv: Invocation) -> None:
+    """Print one counter."""
+    emit(inv.run("counter.get", {"name": inv.args.counter_name}), inv.args.as_json, lambda d: print(d["value"]))
+
+
+@cli.command("counter list", "List every counter and its value.", json_arg("the counters"))
+def counter_list(inv: Invocation) -> None:
+    """List counters."""
+    emit(inv.run("counter.list", {}), inv.args.as_json,
+         lambda d: print_table(("name", "value"), sorted(d["counters"].items()), "no counters"))
+
+
+@cli.command("status", "Show the replica, the daemon and (with the network) its peers.",
+             json_arg("the status"), plugins=True)
+def status(inv: Invocation) -> None:
+    """Show status."""
+    result = inv.run("status", {})
     result.setdefault("daemon", None)
 
     def render(d: dict[str, Any]) -> None:
-        _show_record(d["replica"])
-        out.print(f"daemon: {'pid ' + str(d['daemon']['pid']) if d['daemon'] else 'not running'}")
+        show_record(d["replica"])
+        print(f"daemon: {'pid ' + str(d['daemon']['pid']) if d['daemon'] else 'not running'}")
         if d.get("invalid_records"):
-            out.print(f"invalid records: {d['invalid_records']} (see `agentstate verify`)")
-        for key, renderer in _STATUS_RENDERERS.items():
+            print(f"invalid records: {d['invalid_records']} (see `agentstate verify`)")
+        for key, renderer in cli.status_renderers.items():
             if key in d:
-                renderer(out, d[key])
+                lines = renderer(d[key])
+                if lines:
+                    print("\n".join(lines))
 
-    emit(result, as_json, render)
-
-
-@cli.command()
-@json_option
-@click.pass_context
-def compact(ctx: click.Context, as_json: bool) -> None:
-    """Snapshot the state and drop log segments it makes redundant."""
-    emit(_session(ctx).run("compact", {}), as_json,
-         lambda d: out.print(f"snapshot at record {d['lsn']}; removed {len(d['removed_segments'])} segment(s)"))
+    emit(result, inv.args.as_json, render)
 
 
-@cli.command()
-@json_option
-@click.pass_context
-def verify(ctx: click.Context, as_json: bool) -> None:
-    """Check every log record and snapshot, and list invalid records; exit 8 if anything is wrong."""
-    session = _session(ctx)
+@cli.command("compact", "Snapshot the state and drop the log segments it makes redundant.",
+             json_arg("the snapshot and the segments removed"))
+def compact(inv: Invocation) -> None:
+    """Compact."""
+    emit(inv.run("compact", {}), inv.args.as_json,
+         lambda d: print(f"snapshot at record {d['lsn']}; removed {len(d['removed_segments'])} segment(s)"))
+
+
+COUNTED = ("tasks", "nodes", "edges", "counters", "lessons")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+@cli.command("verify", "Check every snapshot, log record and stored record; exit 8 if anything is wrong.",
+             json_arg("what was checked and what is wrong"))
+def verify(inv: Invocation) -> int | None:
+    """Verify, saying what was checked."""
+    session = inv.session
     try:
         result = session.run("verify", {})
     except ReplicaError as exc:
-        if isinstance(exc, DataDirLockedError) or not session.datadir.exists():
+        from .errors import DataDirLockedError
+
+        if isinstance(exc, (DataDirLockedError, ControlError, RemoteError)) or not (session.path / "replica.json").is_file():
             raise
+        from .datadir import DataDir
         from .repair import scan
 
-        problems = scan(session.datadir).problems() or [f"cannot open: {exc}"]
-        result = {"storage_problems": problems, "invalid": [], "ok": False}
+        found = scan(DataDir(session.path))
+        result = {"checked": {"snapshots": None, "snapshot_lsn": found.snapshot_lsn, "segments": found.segments,
+                              "records": len(found.records)},
+                  "storage_problems": found.problems() or [f"cannot open: {exc}"], "invalid": [], "ok": False}
 
     def render(d: dict[str, Any]) -> None:
+        c = d["checked"]
+        parts = []
+        if c.get("snapshots") is not None:
+            latest = f" (latest at record {c['snapshot_lsn']})" if c["snapshot_lsn"] else ""
+            parts.append(_plural(c["snapshots"], "snapshot") + latest)
+        after = " after it" if c["snapshot_lsn"] else ""
+        parts.append(f"{_plural(c['segments'], 'log segment')} holding {_plural(c['records'], 'record')}{after}")
+        parts += [_plural(c[k], k[:-1]) for k in COUNTED if k in c]
+        print("checked " + ", ".join(parts))
         for line in d["storage_problems"]:
-            out.print(f"storage: {line}")
+            print(f"storage: {line}")
         for record in d["invalid"]:
-            out.print(f"invalid {record['kind']} {record['id']}: {'; '.join(record['problems'])}")
-        if d["ok"]:
-            out.print("ok")
+            print(f"invalid {record['kind']} {record['id']}: {'; '.join(record['problems'])}")
+        print("ok" if d["ok"] else "problems found (see `agentstate repair`)")
 
-    emit(result, as_json, render)
-    if not result["ok"]:
-        ctx.exit(ExitCode.PROBLEMS_FOUND)
+    emit(result, inv.args.as_json, render)
+    return None if result["ok"] else ExitCode.PROBLEMS_FOUND
 
 
-@cli.command()
-@json_option
-@click.pass_context
-def repair(ctx: click.Context, as_json: bool) -> None:
-    """Salvage every readable record of a damaged directory (damaged files are kept aside)."""
+@cli.command("repair", "Salvage every readable record of a damaged directory (damaged files are kept aside).",
+             json_arg("what was salvaged and dropped"))
+def repair(inv: Invocation) -> None:
+    """Repair a stopped directory."""
     from .repair import repair as run_repair
 
-    session = _session(ctx)
-    if session.endpoint() is not None:
+    if inv.session.endpoint() is not None:
         raise ReplicaError("`agentstate serve` holds this directory: stop it before repairing")
-    report = run_repair(session.datadir.path)
+    report = run_repair(inv.session.path)
     data = {"salvaged_records": report.salvaged_records, "dropped": report.dropped,
             "moved_to": str(report.moved_to) if report.moved_to else None, "snapshot_lsn": report.snapshot_lsn}
 
     def render(d: dict[str, Any]) -> None:
-        out.print(f"salvaged {d['salvaged_records']} record(s); state saved as snapshot {d['snapshot_lsn']}")
+        print(f"salvaged {d['salvaged_records']} record(s); state saved as snapshot {d['snapshot_lsn']}")
         for line in d["dropped"]:
-            out.print(f"dropped: {line}")
+            print(f"dropped: {line}")
         if d["moved_to"]:
-            out.print(f"the damaged files were moved to {d['moved_to']}")
+            print(f"the damaged files were moved to {d['moved_to']}")
 
-    emit(data, as_json, render)
+    emit(data, inv.args.as_json, render)
 
 
-@cli.command("export")
-@click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
-@click.pass_context
-def export_cmd(ctx: click.Context, file: Path) -> None:
-    """Write the whole state as a Yjs update file (`-` for stdout)."""
-    update = base64.b64decode(_session(ctx).run("export", {})["update"])
-    if str(file) == "-":
+@cli.command("export", "Write the whole state as one Yjs update file (`-` for stdout).",
+             Arg("file", metavar="FILE", help="where to write (`-`: stdout)"))
+def export_cmd(inv: Invocation) -> None:
+    """Export the state."""
+    import base64
+
+    update = base64.b64decode(inv.run("export", {})["update"])
+    if inv.args.file == "-":
         sys.stdout.buffer.write(update)
         sys.stdout.buffer.flush()
     else:
-        file.write_bytes(update)
-        err.print(f"wrote {len(update)} bytes to {file}")
+        Path(inv.args.file).write_bytes(update)
+        print(f"wrote {len(update)} bytes to {inv.args.file}", file=sys.stderr)
 
 
-@cli.command("import")
-@click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
-@json_option
-@click.pass_context
-def import_cmd(ctx: click.Context, file: Path, as_json: bool) -> None:
-    """Merge a Yjs update file (from `export`) into this replica."""
+@cli.command("import", "Merge a Yjs update file (from `export`) into this replica and say what was new.",
+             Arg("file", metavar="FILE", help="the update file (`-`: stdin)"),
+             json_arg("whether anything changed and the record counts before and after"))
+def import_cmd(inv: Invocation) -> None:
+    """Import an update."""
+    import base64
+
+    name = inv.args.file
     try:
-        update = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        update = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     except OSError as exc:
-        raise click.FileError(str(file), hint=exc.strerror) from None
-    params = {"update": base64.b64encode(update).decode(), "origin": f"import:{file}"}
-    emit(_session(ctx).run("import", params, create=True), as_json,
-         lambda d: out.print("merged" if d["changed"] else "nothing new"))
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    result = inv.run("import", {"update": base64.b64encode(update).decode(), "origin": f"import:{name}"})
+
+    def render(d: dict[str, Any]) -> None:
+        if not d["changed"]:
+            print(f"nothing new in {name} ({d['bytes']} bytes, all already here)")
+            return
+        before, after = d["before"], d["after"]
+        grown = [f"{k} {before[k]} -> {after[k]}" for k in COUNTED if before.get(k) != after.get(k)]
+        if grown:
+            print(f"merged {name}: {', '.join(grown)}")
+        else:
+            print(f"merged {name}: changes to existing records or replica metadata; counts unchanged")
+
+    emit(result, inv.args.as_json, render)
 
 
-def load_plugins() -> None:
-    """Let installed packages (transport, compat) add their commands and options."""
-    for ep in entry_points(group="agentstate.cli"):
-        try:
-            ep.load()(cli)
-        except Exception as exc:
-            err.print(f"warning: plugin {ep.name} failed to load: {exc}")
+# ------------------------------------------------------------------------------------ main
+
+
+def _global_options(argv: list[str]) -> tuple[str, bool, bool, list[str]]:
+    """--data, --debug and --help before the command; the rest of the line."""
+    data = os.environ.get("AGENTSTATE_DATA") or DEFAULT_DATA
+    debug = wants_help = False
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        option = argv[index]
+        if option == "--data":
+            if index + 1 >= len(argv):
+                raise UsageError("--data needs a directory")
+            data = argv[index + 1]
+            index += 1
+        elif option.startswith("--data="):
+            data = option.partition("=")[2]
+        elif option == "--debug":
+            debug = True
+        elif option in ("-h", "--help"):
+            wants_help = True
+        elif option == "--":
+            index += 1
+            break
+        else:
+            raise UsageError(f"unknown option {option} (global options: --data DIR, --debug, --help)")
+        index += 1
+    return data, debug, wants_help, argv[index:]
+
+
+def _find(words: list[str]) -> tuple[str, ...]:
+    """The longest command or group path `words` starts with (options end the search)."""
+    path: tuple[str, ...] = ()
+    for word in words:
+        candidate = path + (word,)
+        if word.startswith("-") or (candidate not in cli.commands and candidate not in cli.groups):
+            break
+        path = candidate
+        if path in cli.commands:
+            break
+    return path
+
+
+def _dispatch(argv: list[str]) -> int:
+    data, debug, wants_help, rest = _global_options(argv)
+    if not rest or wants_help:
+        cli.load_plugins()
+        text = cli.help_text()
+        if wants_help:
+            sys.stdout.write(text)
+            return 0
+        sys.stderr.write(text)
+        return ExitCode.USAGE
+    if rest[0] not in cli.top_words():
+        cli.load_plugins()
+    path = _find(rest)
+    if not path:
+        import difflib
+
+        close = difflib.get_close_matches(rest[0], sorted(cli.top_words()), n=1)
+        raise UsageError(f"unknown command {rest[0]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                         + " (see `agentstate --help`)")
+    if path not in cli.commands:
+        text = cli.group_help(path)
+        remaining = rest[len(path):]
+        if remaining and remaining[0] in ("-h", "--help"):
+            sys.stdout.write(text)
+            return 0
+        sys.stderr.write(text)
+        if remaining:
+            raise UsageError(f"unknown command {' '.join(path + (remaining[0],))!r}")
+        return ExitCode.USAGE
+    command = cli.commands[path]
+    if command.plugins:
+        cli.load_plugins()
+    args = command.parser().parse_args(rest[len(path):])
+    return int(command.run(Invocation(Session(data, debug), args)) or 0)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the CLI and turn every error into a message and an exit code."""
-    load_plugins()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     try:
-        code = cli.main(args=argv, prog_name="agentstate", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        err.print("aborted")
-        code = 130
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except ControlError as exc:
-        err.print(f"error: {exc}")
-        code = ExitCode.UNREACHABLE
-    except ReplicaError as exc:
-        err.print(f"error: {exc}")
-        code = exit_code_for(exc)
+        code = _dispatch(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else ExitCode.USAGE
+    except UsageError as exc:
+        print(f"agentstate: error: {exc}", file=sys.stderr)
+        code = ExitCode.USAGE
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
     except Exception as exc:
+        code = exit_code_for(exc)
         if debug:
+            import traceback
+
             traceback.print_exc()
-        err.print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)")
-        code = ExitCode.INTERNAL
+        if code == ExitCode.INTERNAL:
+            print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+                  file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
     sys.exit(int(code or 0))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import FieldError, ReplicaError
-from .replica import Replica
+from .errors import FieldError, NotFoundError, ReplicaError
 
-Handler = Callable[[Replica, dict[str, Any]], Any]
+if TYPE_CHECKING:
+    from .replica import Replica
+
+MIN_PREFIX = 8
+"""Shortest id prefix `task` commands accept in place of a whole id."""
+COUNTED = ("tasks", "nodes", "edges", "counters", "lessons")
+"""The record counts of `Replica.stats()` that `import` and `verify` report."""
+
+Handler = Callable[["Replica", dict[str, Any]], Any]
 _COMMANDS: dict[str, Handler] = {}
 
 
@@ -49,6 +56,25 @@ def _json(model: Any) -> Any:
     return model.model_dump(mode="json")
 
 
+def resolve_task_id(r: Replica, given: str) -> str:
+    """The task id `given` names: itself if it exists, else the one task whose id starts with it.
+
+    Prefixes shorter than MIN_PREFIX are not expanded; several matches are refused with
+    the candidates named (exit 4), none is NotFoundError (exit 3).
+    """
+    if given in r.tasks or len(given) < MIN_PREFIX:
+        return given
+    ids = [t.id for t in r.tasks.list()] + [i.id for i in r.tasks.invalid()]
+    matches = sorted(i for i in ids if i.startswith(given))
+    if not matches:
+        raise NotFoundError("task", given)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:10]) + (f" and {len(matches) - 10} more" if len(matches) > 10 else "")
+        raise FieldError("task", "id", f"{given!r} is the start of {len(matches)} task ids: {shown}; "
+                                       "give more characters")
+    return matches[0]
+
+
 @command("task.add")
 def _task_add(r: Replica, p: dict[str, Any]) -> Any:
     return _json(r.tasks.create(**p))
@@ -61,21 +87,22 @@ def _task_list(r: Replica, p: dict[str, Any]) -> Any:
 
 @command("task.show")
 def _task_show(r: Replica, p: dict[str, Any]) -> Any:
-    return _json(r.tasks.get(p["id"]))
+    return _json(r.tasks.get(resolve_task_id(r, p["id"])))
 
 
 @command("task.update")
 def _task_update(r: Replica, p: dict[str, Any]) -> Any:
     params = dict(p)
-    task_id = params.pop("id")
+    task_id = resolve_task_id(r, params.pop("id"))
     r.tasks.update(task_id, **params)
     return _json(r.tasks.get(task_id))
 
 
 @command("task.rm")
 def _task_rm(r: Replica, p: dict[str, Any]) -> Any:
-    r.tasks.delete(p["id"])
-    return {"deleted": p["id"]}
+    task_id = resolve_task_id(r, p["id"])
+    r.tasks.delete(task_id)
+    return {"deleted": task_id}
 
 
 @command("graph.node.add")
@@ -109,8 +136,6 @@ def _edge_add(r: Replica, p: dict[str, Any]) -> Any:
 @command("graph.edge.rm")
 def _edge_rm(r: Replica, p: dict[str, Any]) -> Any:
     if not r.graph.remove_edge(p["source"], p["target"], p["type"]):
-        from .errors import NotFoundError
-
         raise NotFoundError("edge", f"{p['source']}|{p['type']}|{p['target']}")
     return {"deleted": f"{p['source']}|{p['type']}|{p['target']}"}
 
@@ -172,18 +197,29 @@ def _compact(r: Replica, p: dict[str, Any]) -> Any:
             "removed_segments": [str(s) for s in report.removed_segments]}
 
 
+def _counts(r: Replica) -> dict[str, int]:
+    stats = r.stats()
+    return {key: int(stats.get(key, 0)) for key in COUNTED}
+
+
 @command("verify")
 def _verify(r: Replica, p: dict[str, Any]) -> Any:
     from .repair import scan
+    from .snapshot import SnapshotStore
 
     problems: list[str] = []
+    checked: dict[str, Any] = {"snapshots": 0, "snapshot_lsn": 0, "segments": 0, "records": 0}
     if r.datadir is not None:
         with r._lock:
             r.flush()
-            problems = scan(r.datadir).problems()
+            found = scan(r.datadir)
+            problems = found.problems()
+            checked = {"snapshots": len(SnapshotStore(r.datadir.snapshot_dir).paths()),
+                       "snapshot_lsn": found.snapshot_lsn, "segments": found.segments,
+                       "records": len(found.records)}
     invalid = r.invalid_records()
-    return {"storage_problems": problems, "invalid": [_json(i) for i in invalid],
-            "ok": not problems and not invalid}
+    return {"checked": {**checked, **_counts(r)}, "storage_problems": problems,
+            "invalid": [_json(i) for i in invalid], "ok": not problems and not invalid}
 
 
 @command("export")
@@ -197,5 +233,6 @@ def _import(r: Replica, p: dict[str, Any]) -> Any:
         update = base64.b64decode(p["update"], validate=True)
     except (ValueError, TypeError):
         raise FieldError("import", "update", "not base64") from None
+    before = _counts(r)
     changed = r.apply_update(update, origin=p.get("origin", "import"))
-    return {"changed": changed}
+    return {"changed": changed, "bytes": len(update), "before": before, "after": _counts(r)}
