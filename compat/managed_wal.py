@@ -15,22 +15,22 @@ corrupt lines), resuming from where the previous scan of an unchanged prefix sto
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from compat.checksums import DEFAULT_TRUNCATE, canonical_bytes, compute_checksum
 from compat.config import DurabilityMode
-from compat.locking import ProcessLock
 from compat.registry import Entry, RefCountedRegistry
 from compat.types import utc_now_iso
 from compat.wal import (
-    APPEND_LOCK_TIMEOUT,
     LOCK_FILE_NAME,
     TransactionWALEntry,
     WALManager,
@@ -208,8 +208,39 @@ def scan_wal(wal_file: Union[str, Path]) -> WalScan:
 # ------------------------------------------------------------------ shared file
 
 
+USERS_FILE_NAME = ".wal.users"
+"""Held shared (flock) by every process with the WAL open; exclusively only by one that is alone."""
+
+_TAIL_BYTES = 4096
+
+
+def _tail_seq(fd: int, end: int) -> int:
+    """The seq of the last complete entry line before ``end`` (0 if none is found near the end)."""
+    span = _TAIL_BYTES
+    while True:
+        start = max(0, end - span)
+        chunk = os.pread(fd, end - start, start)
+        lines = chunk.split(b"\n")
+        complete = lines[1:-1] if start > 0 else lines[:-1]
+        for line in reversed(complete):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict) and isinstance(value.get("seq"), int):
+                return int(value["seq"])
+        if start == 0 or span >= 1 << 20:
+            return 0
+        span *= 4
+
+
 class _WalFile:
-    """The open WAL of one directory in this process: file, sequence and lock shared by its ManagedWALs."""
+    """The open WAL of one directory in this process: file, sequence and locks shared by its ManagedWALs.
+
+    Any number of processes append to one WAL: each append holds ``.wal.lock`` (flock,
+    blocking in the kernel, released by it if the holder dies) and continues the sequence
+    from the last line another process wrote; ``.wal.users`` is held shared for as long as
+    the WAL is open here, so recovery can tell whether it is alone."""
 
     def __init__(self, wal_dir: Path, wal_file: Path, seq_file: Path, sequence: int) -> None:
         self.wal_dir = wal_dir
@@ -219,18 +250,59 @@ class _WalFile:
         self.lock = threading.RLock()
         self._handle: Optional[Any] = None
         self._inode: Optional[Tuple[int, int]] = None
-        self._process_lock = ProcessLock(wal_dir / LOCK_FILE_NAME, reentrant=True)
-        if not self._process_lock.acquire(timeout=APPEND_LOCK_TIMEOUT):
-            raise RuntimeError(f"Failed to acquire lock: {self._process_lock.lock_path}")
+        self._known_end = -1
+        self._depth = 0
+        self._lock_fd: Optional[int] = None
+        wal_dir.mkdir(parents=True, exist_ok=True)
+        self._users_fd: Optional[int] = os.open(wal_dir / USERS_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the thread lock and ``.wal.lock`` (reentrant); appends from every process serialise here."""
+        with self.lock:
+            if self._depth == 0:
+                fd = os.open(self.wal_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+
+    @contextmanager
+    def alone(self) -> Iterator[bool]:
+        """Yield True, holding ``.wal.users`` exclusively, when no other process has the WAL open."""
+        with self.lock:
+            fd = self._users_fd
+            assert fd is not None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_SH)
 
     def _open(self) -> Any:
-        """The append handle, reopened if the file was removed or replaced meanwhile."""
+        """The append handle, reopened if the file was removed or replaced meanwhile (``exclusive`` held)."""
         handle = self._handle
         if handle is not None:
             try:
                 info = os.stat(self.wal_file)
                 if (info.st_dev, info.st_ino) == self._inode:
-                    return handle
+                    return self._caught_up(handle)
             except FileNotFoundError:
                 pass
             handle.close()
@@ -238,39 +310,62 @@ class _WalFile:
         handle = open(self.wal_file, "ab+", buffering=0)
         info = os.fstat(handle.fileno())
         self._inode = (info.st_dev, info.st_ino)
-        end = handle.seek(0, os.SEEK_END)
-        if end > 0:
-            handle.seek(end - 1)
-            if handle.read(1) != b"\n":
-                handle.write(b"\n")
+        self._known_end = -1
         self._handle = handle
+        return self._caught_up(handle)
+
+    def _caught_up(self, handle: Any) -> Any:
+        """Continue the sequence after lines other processes appended, and end a torn line."""
+        end = os.fstat(handle.fileno()).st_size
+        if end != self._known_end:
+            if end > 0:
+                self.sequence = max(self.sequence, _tail_seq(handle.fileno(), end))
+                if os.pread(handle.fileno(), 1, end - 1) != b"\n":
+                    handle.write(b"\n")
+            self._known_end = -1
         return handle
+
+    def _appended(self, handle: Any) -> None:
+        self._known_end = os.fstat(handle.fileno()).st_size
 
     def append(self, line: bytes) -> None:
         """Append one complete line (no fsync)."""
-        with self.lock:
-            self._open().write(line)
+        with self.exclusive():
+            handle = self._open()
+            handle.write(line)
+            self._appended(handle)
 
     def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
-        """Append one entry with the next sequence number and return it."""
-        with self.lock:
+        """Append one entry with the next sequence number (of all processes) and return it."""
+        with self.exclusive():
+            handle = self._open()
             self.sequence += 1
             body = {"seq": self.sequence, "ts": utc_now_iso(), "tx": tx_id, "op": operation, "data": data}
             canonical = canonical_bytes(body)
             checksum = hashlib.sha256(canonical).hexdigest()[:DEFAULT_TRUNCATE]
-            self._open().write(canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n')
+            handle.write(canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n')
+            self._appended(handle)
             return self.sequence
 
     def next_seq(self) -> int:
         """Take the next sequence number and persist it."""
-        with self.lock:
-            self.sequence += 1
+        with self.exclusive():
+            self._open()
+            self.sequence = max(self.sequence, self._read_sequence_file()) + 1
             self.persist_sequence()
             return self.sequence
 
+    def _read_sequence_file(self) -> int:
+        try:
+            value = json.loads(self.seq_file.read_text(encoding="utf-8")).get("seq", 0)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return value if isinstance(value, int) and value >= 0 else 0
+
     def persist_sequence(self) -> None:
-        """Write the sequence file (atomically)."""
-        with self.lock:
+        """Write the sequence file (atomically; never lowering what another process persisted)."""
+        with self.exclusive():
+            self.sequence = max(self.sequence, self._read_sequence_file())
             tmp = self.seq_file.with_name(f"{self.seq_file.name}.{os.getpid()}.tmp")
             with open(tmp, "w", encoding="utf-8") as handle:
                 json.dump({"seq": self.sequence}, handle)
@@ -278,7 +373,9 @@ class _WalFile:
 
     def truncate(self, archive_dir: Path, archive: bool) -> Optional[Path]:
         """Archive (or delete) the current file, as :meth:`WALManager.truncate`."""
-        with self.lock:
+        with self.exclusive():
+            if self.wal_file.exists():
+                self._open()
             self.persist_sequence()
             if self._handle is not None:
                 self._handle.close()
@@ -288,7 +385,7 @@ class _WalFile:
             return retire_wal_file(self.wal_file, archive_dir, archive)
 
     def close(self) -> None:
-        """Persist the sequence, close the file and release the directory lock."""
+        """Persist the sequence, close the file and stop counting as a user of the WAL."""
         with self.lock:
             try:
                 self.persist_sequence()
@@ -296,7 +393,9 @@ class _WalFile:
                 if self._handle is not None:
                     self._handle.close()
                     self._handle = None
-                self._process_lock.release()
+                if self._users_fd is not None:
+                    os.close(self._users_fd)
+                    self._users_fd = None
 
 
 _FILES: "RefCountedRegistry[Path, _WalFile]" = RefCountedRegistry("the shared WAL file", _WalFile.close)
@@ -344,8 +443,12 @@ class ManagedWAL(WALManager):
 
     def scan(self) -> WalScan:
         """One pass over ``current.wal`` (cached for an unchanged prefix)."""
-        with self._shared.lock:
+        with self._shared.exclusive():
             return scan_wal(self.wal_file)
+
+    def alone(self) -> ContextManager[bool]:
+        """True (and no other process may open the WAL meanwhile) when this process is its only user."""
+        return self._shared.alone()
 
     def get_incomplete_transactions(self) -> List[Dict[str, Any]]:
         """Transactions begun but not finished, in order of TX_BEGIN."""

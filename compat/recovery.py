@@ -132,7 +132,17 @@ class RecoveryManager:
         return self.wal.scan()
 
     def _finish_incomplete(self) -> Tuple[List[Tuple[str, int]], List[str]]:
-        """Log TX_COMMIT for unfinished transactions whose writes are in the replica, TX_ROLLBACK for the rest."""
+        """Log TX_COMMIT for unfinished transactions whose writes are in the replica, TX_ROLLBACK for the rest.
+
+        Only when no other process has the WAL open: another process's unfinished
+        transaction may be in flight, not crashed. A crashed one is finished by the next
+        recovery that runs alone (its writes are all in the replica or none are)."""
+        with self.wal.alone() as alone:
+            if not alone:
+                return [], []
+            return self._finish_incomplete_alone()
+
+    def _finish_incomplete_alone(self) -> Tuple[List[Tuple[str, int]], List[str]]:
         scan = self._scan()
         completed: List[Tuple[str, int]] = []
         rolled_back: List[str] = []

@@ -1,12 +1,11 @@
 """The replicas compat objects share, one per directory, and the peers they sync with.
 
-``Replica.open`` takes an exclusive lock on its directory, so within one process every
-compat object on a directory (store, manager, recovery, guard, ...) must share one open
-replica: this module keeps them in a reference-counted registry. The replica closes when
-its last user closes (or is garbage-collected, or at interpreter exit).
-
-Another *process* holding the directory is refused with :class:`DirectoryLockedError`:
-each agent gets its own directory and syncs with the others through peers. Peers come
+Within one process every compat object on a directory (store, manager, recovery, guard,
+...) shares one open replica: this module keeps them in a reference-counted registry. The
+replica closes when its last user closes (or, once dropped, at the registry's next call
+or at interpreter exit). Other processes open the same directory as freely (the replica's
+log is shared among them); only ``agentstate repair`` holds it exclusively, and meanwhile
+an opener gets :class:`DirectoryLockedError`. Peers come
 from the opener's arguments, else ``agentstate.json`` in the directory, else the
 environment (``AGENTSTATE_PEERS``, ``AGENTSTATE_LISTEN``, ``AGENTSTATE_TOKEN``,
 ``AGENTSTATE_ROOM``); when peers or a listen address are set, the replica's network
@@ -43,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 class DirectoryLockedError(GoTError, RuntimeError):
-    """Another process holds the directory's replica; each agent needs its own directory."""
+    """The directory is held exclusively (by a repair) and cannot be opened now."""
 
 
 def replica_durability(mode: Union[DurabilityMode, str]) -> Durability:
@@ -190,10 +189,9 @@ def _open_shared(path: Path, durability: Union[DurabilityMode, str], network: Op
     try:
         replica = Replica.open(path, durability=replica_durability(durability))
     except DataDirLockedError as exc:
-        pid = exc.holder.get("pid", "?")
+        pid = (exc.holder or {}).get("pid", "?")
         raise DirectoryLockedError(
-            f"{path} is held by another process (pid {pid}); give each agent its own "
-            "directory and let them sync through peers",
+            f"{path} is held exclusively by process {pid} (agentstate repair); try again when it is done",
             path=str(path),
             pid=pid,
         ) from None

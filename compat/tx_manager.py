@@ -17,8 +17,10 @@ and the lock's liveness check must see it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -58,6 +60,44 @@ class CommitResult:
     version: Optional[int] = None
     conflicts: List[Conflict] = field(default_factory=list)
     reason: Optional[str] = None
+
+
+class _CommitGate:
+    """A commit's hold on ``.got.lock``: shared, so commits exclude an explicit holder, not each other.
+
+    Commits from every process serialise on the replica log's append lock (which blocks in
+    the kernel and checks versions after catching up), so ``.got.lock`` only has to keep
+    them out while someone holds the ProcessLock itself, as the old system did. When this
+    manager's own lock is held by the caller, the commit goes ahead (reentrancy)."""
+
+    def __init__(self, fd: Optional[int]) -> None:
+        self._fd = fd
+
+    @classmethod
+    def enter(cls, lock: ProcessLock, timeout: float) -> "_CommitGate":
+        """Hold ``.got.lock`` shared, waiting up to ``timeout`` for an explicit holder; RuntimeError after that."""
+        if lock.is_locked():
+            return cls(None)
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            fd = os.open(lock.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return cls(fd)
+            except BlockingIOError:
+                os.close(fd)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"Failed to acquire lock: {lock.lock_path}")
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.05)
+
+    def leave(self) -> None:
+        """Release the shared hold."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class TransactionManager:
@@ -161,8 +201,7 @@ class TransactionManager:
             return CommitResult(success=False, reason=f"Transaction {tx.id} cannot commit in state {tx.state.value}")
         shared = self.store.shared
         with shared.commit_lock:
-            if not self.lock.acquire(timeout=self.lock_timeout):
-                raise RuntimeError(f"Failed to acquire lock: {self.lock.lock_path}")
+            gate = _CommitGate.enter(self.lock, self.lock_timeout)
             try:
                 tx.state = TransactionState.PREPARING
                 self.wal.log_tx_prepare(tx.id)
@@ -187,7 +226,7 @@ class TransactionManager:
                 tx.state = TransactionState.COMMITTED
                 self.wal.log_tx_commit(tx.id, result.version)
             finally:
-                self.lock.release()
+                gate.leave()
         self.store.entities.settle_durably(result.lsn, self.durability)
         return CommitResult(success=True, version=result.version)
 

@@ -336,7 +336,8 @@ class ReplicaEntities:
     def current_version(self) -> int:
         """The global version: commits made on every replica this one has heard of.
 
-        Cached until the replica's next transaction (local or a peer's) ends."""
+        Cached until the replica's next transaction (local, another process's or a peer's) ends."""
+        self.replica.refresh()
         cached = self._version
         if cached is not None and cached[0] == self._updates:
             return cached[1]

@@ -29,7 +29,7 @@ class ChangeEvent:
     action: Action
     old: Any
     new: Any
-    origin: Literal["local", "remote"]
+    origin: Literal["local", "process", "remote"]
     peer: str | None = None
 
 

@@ -23,7 +23,7 @@ from .models import MAX_SAFE_INT, InvalidRecord, check_id
 from .schema import COUNTERS, observe_keys
 
 if TYPE_CHECKING:
-    from .replica import Replica
+    from .access import DocAccess
 
 SLOT_SEPARATOR = "|"
 
@@ -81,11 +81,11 @@ def _amount(by: Any) -> int:
 class Counters:
     """Named PN-counters with exact integer values."""
 
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-        self._root = replica.doc.get(COUNTERS, type=Map)
+    def __init__(self, access: DocAccess) -> None:
+        self._access = access
+        self._root = access.doc.get(COUNTERS, type=Map)
         self._by_name: dict[str, set[str]] | None = None
-        replica.keep_subscription(observe_keys(self._root, self._on_change))
+        access.keep_subscription(observe_keys(self._root, self._on_change))
 
     def _on_change(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         """Keep the name -> slot keys index current, key by key, after every transaction."""
@@ -117,7 +117,7 @@ class Counters:
 
     def _total(self, name: str) -> tuple[int, list[str], bool]:
         """(value, problems, exists) of a counter; junk slots count as nothing and are reported."""
-        keys = self._index().get(name, set()) | {slot_key(name, self._replica.doc.client_id)}
+        keys = self._index().get(name, set()) | {slot_key(name, self._access.client_id)}
         total = 0
         bad: list[str] = []
         exists = False
@@ -136,8 +136,8 @@ class Counters:
     def _add(self, name: str, field: str, by: int) -> int:
         check_id("counter", name, "name")
         amount = _amount(by)
-        with self._replica._write():
-            key = slot_key(name, self._replica.doc.client_id)
+        with self._access.write():
+            key = slot_key(name, self._access.client_id)
             p, n = slot_amounts(self._root.get(key)) or (0, 0)
             if field == "p":
                 p += amount
@@ -156,12 +156,12 @@ class Counters:
 
     def value(self, name: str) -> int:
         """The counter's exact value; 0 for a counter never touched. Junk slots are ignored."""
-        with self._replica._lock:
+        with self._access.read():
             return self._total(name)[0]
 
     def get(self, name: str) -> int:
         """The counter's value; NotFoundError if no replica ever touched it."""
-        with self._replica._lock:
+        with self._access.read():
             total, _, exists = self._total(name)
         if not exists:
             raise NotFoundError("counter", name)
@@ -169,13 +169,13 @@ class Counters:
 
     def all(self) -> dict[str, int]:
         """Every counter and its value."""
-        with self._replica._lock:
+        with self._access.read():
             return {name: self._total(name)[0] for name in sorted(self._index())}
 
     def invalid(self) -> list[InvalidRecord]:
         """Counters holding slots a peer filled with junk, and root entries that are not slots at all."""
         bad = []
-        with self._replica._lock:
+        with self._access.read():
             for name in sorted(self._index()):
                 problems = self._total(name)[1]
                 if problems:

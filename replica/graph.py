@@ -31,7 +31,7 @@ from .models import (
 from .schema import EDGES, NODES, REMOVED_NODES, observe_keys, plain, record_dict
 
 if TYPE_CHECKING:
-    from .replica import Replica
+    from .access import DocAccess
 
 Direction = Literal["out", "in", "both"]
 
@@ -47,27 +47,27 @@ def split_edge_key(key: str) -> tuple[str, str, str] | None:
 class Graph:
     """The graph of thought: nodes, edges, neighbours and bounded traversal."""
 
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-        self._nodes = replica.doc.get(NODES, type=Map)
-        self._edges = replica.doc.get(EDGES, type=Map)
-        self._removed = replica.doc.get(REMOVED_NODES, type=Map)
+    def __init__(self, access: DocAccess) -> None:
+        self._access = access
+        self._nodes = access.doc.get(NODES, type=Map)
+        self._edges = access.doc.get(EDGES, type=Map)
+        self._removed = access.doc.get(REMOVED_NODES, type=Map)
         self._generation = 0
         self._index_generation = -1
         self._out: dict[str, set[str]] = {}
         self._in: dict[str, set[str]] = {}
         self._pending_edges: set[str] = set()
         self._pending_removed: set[str] = set()
-        replica.keep_subscription(observe_keys(self._edges, self._on_edges))
-        replica.keep_subscription(observe_keys(self._removed, self._on_removed))
+        access.keep_subscription(observe_keys(self._edges, self._on_edges))
+        access.keep_subscription(observe_keys(self._removed, self._on_removed))
 
     def _on_edges(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         self._generation += 1
-        if self._replica._origin_is_remote():
+        if self._access.origin_is_remote():
             self._pending_edges.update(k for k, c in keys.items() if c["action"] != "delete")
 
     def _on_removed(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
-        if self._replica._origin_is_remote():
+        if self._access.origin_is_remote():
             self._pending_removed.update(k for k, c in keys.items() if c["action"] != "delete")
 
     def _index(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
@@ -98,7 +98,7 @@ class Graph:
         text = validate_field(Node, "node", "content", content)
         props = check_properties("node", properties or {})
         now = iso_now()
-        with self._replica._write():
+        with self._access.write():
             if id in self._nodes:
                 raise AlreadyExistsError("node", id)
             self._nodes[id] = Map(
@@ -108,7 +108,7 @@ class Graph:
                     "properties": Map(props),
                     "created_at": now,
                     "updated_at": now,
-                    "created_by": self._replica.replica_id,
+                    "created_by": self._access.replica_id,
                 }
             )
             if id in self._removed:
@@ -129,7 +129,7 @@ class Graph:
         text = validate_field(Node, "node", "content", content) if content is not None else None
         props = check_properties("node", properties or {})
         drop = list(remove_properties)
-        with self._replica._write():
+        with self._access.write():
             entry = self._nodes.get(id)
             if entry is None:
                 raise NotFoundError("node", id)
@@ -152,7 +152,7 @@ class Graph:
 
     def remove_node(self, id: str) -> int:
         """Remove a node and every edge touching it; returns how many edges went with it."""
-        with self._replica._write():
+        with self._access.write():
             if id not in self._nodes:
                 raise NotFoundError("node", id)
             del self._nodes[id]
@@ -170,7 +170,7 @@ class Graph:
 
     def get_node(self, id: str) -> Node:
         """The node, validated; NotFoundError or InvalidRecordError otherwise."""
-        with self._replica._lock:
+        with self._access.read():
             entry = self._nodes.get(id)
             if entry is None:
                 raise NotFoundError("node", id)
@@ -186,7 +186,7 @@ class Graph:
 
     def has_node(self, id: str) -> bool:
         """True if a node with this id exists (valid or not)."""
-        with self._replica._lock:
+        with self._access.read():
             return id in self._nodes
 
     @staticmethod
@@ -210,7 +210,7 @@ class Graph:
 
     def nodes(self, *, type: str | None = None) -> list[Node]:
         """Valid nodes, optionally of one type, sorted by id."""
-        with self._replica._lock:
+        with self._access.read():
             raw = [(k, record_dict(v)) for k, v in self._nodes.items()]
         result = []
         for key, data in raw:
@@ -240,7 +240,7 @@ class Graph:
             raise FieldError("edge", "weight", f"must be a finite number; got {weight!r}")
         props = check_properties("edge", properties or {})
         key = edge_key(source, edge_type, target)
-        with self._replica._write():
+        with self._access.write():
             for field, node_id in (("source", source), ("target", target)):
                 if node_id not in self._nodes:
                     raise FieldError("edge", field, f"node {node_id!r} does not exist")
@@ -261,7 +261,7 @@ class Graph:
                         "weight": w,
                         "properties": Map(props),
                         "created_at": iso_now(),
-                        "created_by": self._replica.replica_id,
+                        "created_by": self._access.replica_id,
                     }
                 )
         return self.get_edge(source, target, edge_type)
@@ -269,7 +269,7 @@ class Graph:
     def remove_edge(self, source: str, target: str, type: str) -> bool:
         """Remove one edge; False if it was not there."""
         key = edge_key(source, type, target)
-        with self._replica._write():
+        with self._access.write():
             if key not in self._edges:
                 return False
             del self._edges[key]
@@ -278,7 +278,7 @@ class Graph:
     def get_edge(self, source: str, target: str, type: str) -> Edge:
         """One edge, validated."""
         key = edge_key(source, type, target)
-        with self._replica._lock:
+        with self._access.read():
             entry = self._edges.get(key)
             if entry is None:
                 raise NotFoundError("edge", key)
@@ -286,7 +286,7 @@ class Graph:
         return self._validate_edge(key, data)
 
     def _all_edges(self) -> tuple[list[Edge], list[InvalidRecord]]:
-        with self._replica._lock:
+        with self._access.read():
             raw = [(k, record_dict(v)) for k, v in self._edges.items()]
         good: list[Edge] = []
         bad: list[InvalidRecord] = []
@@ -301,7 +301,7 @@ class Graph:
         self, *, source: str | None = None, target: str | None = None, type: str | None = None
     ) -> list[Edge]:
         """Valid edges whose both ends exist, filtered; dangling ones are in `dangling_edges`."""
-        with self._replica._lock:
+        with self._access.read():
             present = set(self._nodes.keys())
         return [
             e
@@ -315,7 +315,7 @@ class Graph:
 
     def dangling_edges(self) -> list[Edge]:
         """Edges with a missing end (its node not yet arrived from a peer, or junk)."""
-        with self._replica._lock:
+        with self._access.read():
             present = set(self._nodes.keys())
         return [e for e in self._all_edges()[0] if e.source not in present or e.target not in present]
 
@@ -340,7 +340,7 @@ class Graph:
         if max_depth < 0 or max_nodes < 1:
             raise FieldError("traversal", "max_depth" if max_depth < 0 else "max_nodes", "must be positive")
         wanted = set(edge_types) if edge_types is not None else None
-        with self._replica._lock:
+        with self._access.read():
             if start not in self._nodes:
                 raise NotFoundError("node", start)
             out, inc = self._index()
@@ -379,7 +379,7 @@ class Graph:
 
     def invalid(self) -> list[InvalidRecord]:
         """Stored nodes and edges that fail validation, with what is wrong."""
-        with self._replica._lock:
+        with self._access.read():
             raw = [(k, record_dict(v)) for k, v in self._nodes.items()]
         bad = []
         for key, data in raw:
@@ -395,7 +395,7 @@ class Graph:
         Every replica reaches the same verdict from the same state, so these deletes
         converge instead of fighting. Incremental after remote updates; `full` at open.
         """
-        with self._replica._lock:
+        with self._access.read():
             if full:
                 candidates = set(self._edges.keys())
                 removed_ids = set(self._removed.keys())
@@ -420,7 +420,7 @@ class Graph:
             doomed = {k for k in doomed if k in self._edges}
             if not doomed:
                 return 0
-            with self._replica._write():
+            with self._access.write():
                 for key in doomed:
                     del self._edges[key]
             return len(doomed)

@@ -14,15 +14,15 @@ from .models import InvalidRecord, Lesson, describe_errors, utc_now
 from .schema import LESSONS, plain
 
 if TYPE_CHECKING:
-    from .replica import Replica
+    from .access import DocAccess
 
 
 class Lessons:
     """Append and read lessons (context, failure, resolution), ordered by time."""
 
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-        self._root = replica.doc.get(LESSONS, type=Array)
+    def __init__(self, access: DocAccess) -> None:
+        self._access = access
+        self._root = access.doc.get(LESSONS, type=Array)
 
     def append(self, context: str, failure: str, resolution: str, *, author: str | None = None) -> Lesson:
         """Record a lesson and return it."""
@@ -34,15 +34,15 @@ class Lessons:
             context=context,
             failure=failure,
             resolution=resolution,
-            author=author if author is not None else self._replica.replica_id,
+            author=author if author is not None else self._access.replica_id,
             at=utc_now(),
         )
-        with self._replica._write():
+        with self._access.write():
             self._root.append(lesson.model_dump(mode="json"))
         return lesson
 
     def _scan(self) -> tuple[list[Lesson], list[InvalidRecord]]:
-        with self._replica._lock:
+        with self._access.read():
             raw = [plain(v) for v in self._root]
         good, bad = [], []
         for index, item in enumerate(raw):

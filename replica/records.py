@@ -27,7 +27,7 @@ from .models import check_id, check_json, iso_now
 from .schema import observe_keys, plain
 
 if TYPE_CHECKING:
-    from .replica import Replica
+    from .access import DocAccess
 
 Clock = dict[str, int]
 IGNORED_BY_DEFAULT = frozenset()
@@ -130,21 +130,21 @@ def _same(a: Any, b: Any) -> bool:
 class Records:
     """One named collection of records (root `<name>`) and its write records (root `<name>_writes`)."""
 
-    def __init__(self, replica: Replica, name: str, *, ignore_fields: Iterable[str] = ()) -> None:
+    def __init__(self, access: DocAccess, name: str, *, ignore_fields: Iterable[str] = ()) -> None:
         check_id("collection", name, "name")
-        self._replica = replica
+        self._access = access
         self.name = name
         self.ignore_fields = frozenset(ignore_fields)
-        self._root = replica.doc.get(name, type=Map)
-        self._writes = replica.doc.get(f"{name}_writes", type=Map)
+        self._root = access.doc.get(name, type=Map)
+        self._writes = access.doc.get(f"{name}_writes", type=Map)
         self._index: dict[str, set[str]] | None = None
         self._seq: int | None = None
-        replica.keep_subscription(observe_keys(self._writes, self._on_writes))
+        access.keep_subscription(observe_keys(self._writes, self._on_writes))
 
     @property
     def writer(self) -> str:
         """This incarnation's writer name: replica id and Yjs client id (unique per start)."""
-        return f"{self._replica.replica_id}.{self._replica.client_id}"
+        return f"{self._access.replica_id}.{self._access.client_id}"
 
     def _on_writes(self, keys: Mapping[str, Mapping[str, Any]]) -> None:
         if self._index is None:
@@ -174,17 +174,17 @@ class Records:
         return self._seq
 
     def __contains__(self, record_id: object) -> bool:
-        with self._replica._lock:
+        with self._access.read():
             return isinstance(record_id, str) and record_id in self._root
 
     def ids(self) -> list[str]:
         """Ids of the records that exist now."""
-        with self._replica._lock:
+        with self._access.read():
             return sorted(self._root.keys())
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         """The record's current fields (merged across replicas), or None."""
-        with self._replica._lock:
+        with self._access.read():
             entry = self._root.get(record_id)
             if entry is None:
                 return None
@@ -192,12 +192,12 @@ class Records:
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every record, by id."""
-        with self._replica._lock:
+        with self._access.read():
             return {k: plain(v) for k, v in self._root.items() if isinstance(v, Map)}
 
     def history(self, record_id: str) -> list[WriteRecord]:
         """Write records of one record in causal order (ties by writer, seq)."""
-        with self._replica._lock:
+        with self._access.read():
             raw = [(key, plain(self._writes.get(key))) for key in self._keys().get(record_id, ())]
         found = [w for w in (WriteRecord.parse(k, v) for k, v in raw) if w is not None]
         found.sort(key=lambda w: (sum(w.clock.values()), w.at, w.writer, w.seq))
@@ -219,7 +219,7 @@ class Records:
             data = check_json(data, "data")
         except ValueError as exc:
             raise FieldError(self.name, "data", str(exc)) from None
-        with self._replica._write():
+        with self._access.write():
             entry = self._root.get(record_id)
             current = plain(entry) if isinstance(entry, Map) else {}
             changed = {k: v for k, v in data.items() if k not in current or not _same(current[k], v)}
@@ -236,7 +236,7 @@ class Records:
     def delete(self, record_id: str, *, base: Clock | None = None, resolves: Iterable[str] = (),
                version: int | None = None) -> WriteRecord:
         """Delete a record, keeping its history (`resolves` and `version` as for `put`)."""
-        with self._replica._write():
+        with self._access.write():
             if record_id not in self._root:
                 raise NotFoundError(self.name, record_id)
             del self._root[record_id]
@@ -308,7 +308,7 @@ class Records:
 
     def resolve(self, conflict: FieldConflict, values: dict[str, Any], *, version: int | None = None) -> WriteRecord:
         """Settle a conflict: write `values` over the current record with a clock dominating both sides."""
-        with self._replica._write():
+        with self._access.write():
             current = self.get(conflict.record_id)
             base = join([self.clock(conflict.record_id), conflict.left.clock, conflict.right.clock])
             if current is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map
 
+from .access import DocAccess
 from .changes import ChangeCallback, ChangeEvent, ChangeFeed
 from .counters import Counters
 from .datadir import DataDir
@@ -31,13 +32,46 @@ from .records import Records
 from .snapshot import SnapshotProblem, SnapshotStore
 from .statevector import decode_state_vector
 from .tasks import TaskBoard
-from .update_log import DEFAULT_FLUSH_INTERVAL, DEFAULT_SEGMENT_SIZE, ReplayReport, UpdateLog
+from .update_log import (
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_SEGMENT_SIZE,
+    CompactionLock,
+    ReplayReport,
+    SegmentGoneError,
+    UpdateLog,
+)
 
 log = logging.getLogger(__name__)
 
 EMPTY_UPDATE = b"\x00\x00"
-RESERVED_ROOTS = frozenset({TASKS, NODES, EDGES, REMOVED_NODES, COUNTERS, LESSONS, META})
 LOCAL = "local"
+PROCESS = "process"
+"""Origin of updates another local process appended to the shared log."""
+
+
+@dataclass(frozen=True)
+class Root:
+    """One root type of the Doc: its name, its type, the collection that owns it, and its change translator."""
+
+    name: str
+    kind: type
+    collection: str
+    translate: str | None
+    stat: str | None
+
+
+ROOTS: tuple[Root, ...] = (
+    Root(TASKS, Map, "tasks", "translate", "tasks"),
+    Root(NODES, Map, "graph", "translate_nodes", "nodes"),
+    Root(EDGES, Map, "graph", "translate_edges", "edges"),
+    Root(REMOVED_NODES, Map, "graph", None, None),
+    Root(COUNTERS, Map, "counters", "translate", "counters"),
+    Root(LESSONS, Array, "lessons", "translate", "lessons"),
+)
+"""The one table of built-in collections: creation, change events, validation and stats all read it."""
+RESERVED_ROOTS = frozenset({root.name for root in ROOTS} | {META})
+FOLLOW_INTERVAL = 0.005
+"""How often `follow()` compares the log head with what this process has applied (seconds)."""
 DEFAULT_AUTO_COMPACT_BYTES = 32 * 1024 * 1024
 COMPACT_ON_CLOSE_RECORDS = 1000
 """A clean close snapshots the state when the log holds this many records since the last
@@ -122,14 +156,17 @@ class Replica:
         self._compacting = threading.Lock()
         self._collections: dict[str, Records] = {}
         self._subscriptions: list[Any] = []
+        self._from_log = False
+        self._follower: threading.Thread | None = None
+        self._stop_following = threading.Event()
         self.meta = doc.get(META, type=Map)
-        for name, kind in ((TASKS, Map), (NODES, Map), (EDGES, Map), (REMOVED_NODES, Map),
-                           (COUNTERS, Map), (LESSONS, Array)):
-            doc.get(name, type=kind)
-        self.tasks = TaskBoard(self)
-        self.graph = Graph(self)
-        self.counters = Counters(self)
-        self.lessons = Lessons(self)
+        for root in ROOTS:
+            doc.get(root.name, type=root.kind)
+        self.access = DocAccess(self)
+        self.tasks = TaskBoard(self.access)
+        self.graph = Graph(self.access)
+        self.counters = Counters(self.access)
+        self.lessons = Lessons(self.access)
         self._doc_sub = doc.observe(self._on_transaction)
 
     @classmethod
@@ -159,13 +196,20 @@ class Replica:
         """
         mode = Durability.parse(durability)
         datadir = DataDir(path)
-        datadir.lock()
-        try:
-            identity = datadir.load_or_create_identity(replica_id)
-            snapshots = SnapshotStore(datadir.snapshot_dir, sync=mode is not Durability.LAZY)
+        datadir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = datadir.load_or_create_identity(replica_id)
+        snapshots = SnapshotStore(datadir.snapshot_dir, sync=mode is not Durability.LAZY)
+        update_log = UpdateLog(datadir.log_dir, mode, flush_interval=flush_interval, segment_size=segment_size)
+        loaded: list[tuple[Any, list[SnapshotProblem]]] = []
+
+        def load_snapshot() -> int:
             snap, problems = snapshots.load_latest()
-            update_log = UpdateLog(datadir.log_dir, mode, flush_interval=flush_interval, segment_size=segment_size)
-            records, replay = update_log.replay(after_lsn=snap.lsn if snap else 0)
+            loaded.append((snap, problems))
+            return snap.lsn if snap else 0
+
+        try:
+            records, replay, _ = update_log.open(load_snapshot, datadir)
+            snap, problems = loaded[-1]
             payloads = [r.payload for r in records]
             taken: set[int] = set()
             while True:
@@ -181,8 +225,8 @@ class Replica:
                 taken = set(decode_state_vector(doc.get_state()))
                 if doc.client_id not in taken:
                     break
-            update_log.open_for_append()
         except BaseException:
+            update_log.close()
             datadir.unlock()
             raise
         report = OpenReport(snapshot_lsn=snap.lsn if snap else 0, snapshot_problems=problems, replay=replay)
@@ -202,9 +246,6 @@ class Replica:
 
     # -- the write path ---------------------------------------------------------------
 
-    def _origin_is_remote(self) -> bool:
-        return self._origin is not None
-
     def _on_transaction(self, event: Any) -> None:
         """Doc observer: log the transaction's update, queue it for listeners.
 
@@ -219,7 +260,7 @@ class Replica:
                 if update == EMPTY_UPDATE:
                     return
             self._changed = True
-            if self._log is not None:
+            if self._log is not None and not self._from_log:
                 self._last_lsn = self._log.append_nowait(update)
             if self._update_listeners:
                 self._pending_updates.append((update, self._origin))
@@ -261,6 +302,86 @@ class Replica:
         if transaction or log_.durability is Durability.PARANOID:
             log_.sync(lsn)
 
+    def _read_scope(self) -> _ReadScope:
+        """A locked view that first applies what other processes appended (see DocAccess.read)."""
+        return _ReadScope(self)
+
+    def _catch_up(self) -> None:
+        """Apply the records other local processes appended since this one last looked.
+
+        Called with the replica lock and the log's append lock held, outside any transaction.
+        Each record is applied as received, not logged again, and reported to listeners with
+        origin PROCESS; a segment compacted away meanwhile means reloading from the snapshot."""
+        log_ = self._log
+        assert log_ is not None
+        try:
+            records = log_.read_new()
+        except SegmentGoneError:
+            self._reload_from_snapshot()
+            records = log_.read_new()
+        for record in records:
+            self._apply_logged(record.payload)
+        self._last_lsn = max(self._last_lsn, log_.last_lsn)
+
+    def _reload_from_snapshot(self) -> None:
+        assert self._snapshots is not None and self._log is not None
+        snap, _ = self._snapshots.load_latest()
+        if snap is None:
+            raise StorageError(f"{self._log.directory}: a segment is gone and no snapshot covers it")
+        self._apply_logged(snap.state)
+        self._log.seek_after(snap.lsn)
+
+    def _apply_logged(self, payload: bytes) -> None:
+        """Apply an update already in the log (another process's record, or a snapshot) without logging it."""
+        saved_changed, saved_incoming = self._changed, self._incoming
+        self._origin = PROCESS
+        self._incoming = payload
+        self._from_log = True
+        self._changed = False
+        self._depth += 1
+        try:
+            with self.doc.transaction():
+                self.doc.apply_update(payload)
+        except ValueError as exc:
+            raise StorageError(f"a record in the shared log is not valid Yjs data: {exc}") from exc
+        finally:
+            self._depth -= 1
+            self._from_log = False
+            self._incoming = saved_incoming
+        changed, self._changed = self._changed, saved_changed
+        self._finish_transaction()
+        if changed:
+            self.graph.sweep()
+
+    def refresh(self) -> bool:
+        """Apply what other local processes appended, now; True if there was anything."""
+        log_ = self._log
+        if log_ is None or not log_.changed():
+            return False
+        with self._read_scope():
+            pass
+        return True
+
+    def follow(self, interval: float = FOLLOW_INTERVAL) -> None:
+        """Apply other processes' records within `interval` of their append, from a thread (idempotent).
+
+        Listeners (a mesh relaying to peers, a change feed) then hear about local processes'
+        writes without waiting for this process's next read or write."""
+        if self._log is None or self._follower is not None:
+            return
+
+        def run() -> None:
+            while not self._stop_following.wait(interval):
+                try:
+                    self.refresh()
+                except ClosedError:
+                    return
+                except Exception:
+                    log.exception("following the shared log failed")
+
+        self._follower = threading.Thread(target=run, name="agentstate-log-follower", daemon=True)
+        self._follower.start()
+
     @contextmanager
     def transaction(self, *, wait: bool = True) -> Iterator[Replica]:
         """Group writes into one update, one log record and (unless LAZY) one fsync.
@@ -290,12 +411,12 @@ class Replica:
 
     def state_vector(self) -> bytes:
         """The Doc's state vector, for a peer to compute what we lack."""
-        with self._lock:
+        with self._read_scope():
             return self.doc.get_state()
 
     def diff(self, state_vector: bytes | None = None) -> bytes:
         """Everything we hold that a peer with `state_vector` lacks (all of it for None)."""
-        with self._lock:
+        with self._read_scope():
             try:
                 return self.doc.get_update(state_vector)
             except ValueError as exc:
@@ -306,25 +427,38 @@ class Replica:
         if not isinstance(update, (bytes, bytearray)):
             raise InvalidUpdateError("an update must be bytes")
         with self._lock:
-            self._changed = False
-            self._incoming = bytes(update)
+            head = self._log.lock() if self._log is not None and self._depth == 0 and not self._closed else None
+            if head is not None:
+                head.acquire()
             try:
-                if len(update) >= LARGE_UPDATE_BYTES and self._depth == 0:
-                    self._apply_large(origin)
-                else:
-                    with self._write(origin=origin):
-                        self.doc.apply_update(self._incoming)
-            except ValueError as exc:
-                raise InvalidUpdateError(f"not a valid Yjs update: {exc}") from exc
-            except BaseException as exc:
-                if type(exc).__name__ != "PanicException":
-                    raise
-                raise InvalidUpdateError(f"pycrdt could not integrate the update: {exc}") from None
+                if head is not None:
+                    self._catch_up()
+                return self._apply_remote(bytes(update), origin)
             finally:
-                self._incoming = None
-            changed = self._changed
-            if changed:
-                self.graph.sweep()
+                if head is not None:
+                    head.release()
+
+    def _apply_remote(self, update: bytes, origin: str) -> bool:
+        """apply_update's body, with the replica lock (and the append lock, caught up) held."""
+        self._changed = False
+        self._incoming = update
+        try:
+            if len(update) >= LARGE_UPDATE_BYTES and self._depth == 0:
+                self._apply_large(origin)
+            else:
+                with self._write(origin=origin):
+                    self.doc.apply_update(self._incoming)
+        except ValueError as exc:
+            raise InvalidUpdateError(f"not a valid Yjs update: {exc}") from exc
+        except BaseException as exc:
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise InvalidUpdateError(f"pycrdt could not integrate the update: {exc}") from None
+        finally:
+            self._incoming = None
+        changed = self._changed
+        if changed:
+            self.graph.sweep()
         return changed
 
     def _apply_large(self, origin: str) -> None:
@@ -369,9 +503,10 @@ class Replica:
     def _ensure_deep_observers(self) -> None:
         if self._deep_subs:
             return
-        for name, kind in ((TASKS, Map), (NODES, Map), (EDGES, Map), (COUNTERS, Map), (LESSONS, Array)):
-            root = self.doc.get(name, type=kind)
-            self._deep_subs.append((root, root.observe_deep(self._collector(name))))
+        for spec in ROOTS:
+            if spec.translate is not None:
+                root = self.doc.get(spec.name, type=spec.kind)
+                self._deep_subs.append((root, root.observe_deep(self._collector(spec.name))))
 
     def _collector(self, name: str) -> Callable[[list[Any]], None]:
         def collect(events: list[Any]) -> None:
@@ -380,15 +515,10 @@ class Replica:
         return collect
 
     def _publish(self, raw: list[tuple[str, list[Any]]], origin: str | None) -> None:
-        where = "remote" if origin is not None else LOCAL
-        peer = origin
-        translators = {
-            TASKS: self.tasks.translate,
-            NODES: self.graph.translate_nodes,
-            EDGES: self.graph.translate_edges,
-            COUNTERS: self.counters.translate,
-            LESSONS: self.lessons.translate,
-        }
+        where = LOCAL if origin is None else PROCESS if origin == PROCESS else "remote"
+        peer = origin if where == "remote" else None
+        translators = {spec.name: getattr(getattr(self, spec.collection), spec.translate)
+                       for spec in ROOTS if spec.translate is not None}
         events: list[ChangeEvent] = []
         for name, batch in raw:
             try:
@@ -399,15 +529,19 @@ class Replica:
             self._feed.publish(events)
 
     def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
-        """Call `callback(ChangeEvent)` after each transaction for every change in it."""
+        """Call `callback(ChangeEvent)` after each transaction for every change in it.
+
+        Other local processes' writes arrive too (origin "process"): subscribing starts `follow()`."""
         with self._lock:
             self._ensure_deep_observers()
+        self.follow()
         return self._feed.subscribe(callback)
 
     async def changes(self, maxsize: int = 10_000) -> AsyncIterator[ChangeEvent]:
-        """Async iterator over change events from now on."""
+        """Async iterator over change events from now on (other processes' writes too, via `follow()`)."""
         with self._lock:
             self._ensure_deep_observers()
+        self.follow()
         async for event in self._feed.iterate(maxsize):
             yield event
 
@@ -423,32 +557,40 @@ class Replica:
             if found is None:
                 if name in RESERVED_ROOTS:
                     raise ReplicaError(f"{name!r} is a reserved root name")
-                found = self._collections[name] = Records(self, name, ignore_fields=ignore_fields)
+                found = self._collections[name] = Records(self.access, name, ignore_fields=ignore_fields)
             return found
 
     # -- maintenance -------------------------------------------------------------------
 
     def invalid_records(self) -> list[InvalidRecord]:
         """Every stored record that fails validation (usually junk a peer sent)."""
-        return self.tasks.invalid() + self.graph.invalid() + self.counters.invalid() + self.lessons.invalid()
+        owners = dict.fromkeys(spec.collection for spec in ROOTS)
+        return [bad for name in owners for bad in getattr(self, name).invalid()]
 
-    def compact(self) -> CompactionReport:
-        """Snapshot the full state and delete the log segments two snapshots make redundant."""
+    def compact(self, *, wait: bool = True) -> CompactionReport | None:
+        """Snapshot the full state and delete the log segments two snapshots make redundant.
+
+        One process compacts a directory at a time (`log/COMPACT` flock): with `wait=False`
+        this returns None when another is compacting. The state snapshotted includes every
+        record any process appended before it (caught up under the append lock)."""
         if self._log is None or self._snapshots is None:
             raise ReplicaError("an in-memory replica has nothing to compact")
         with self._compacting:
-            with self._lock:
-                if self._closed:
-                    raise ClosedError("the replica is closed")
-                state = self.doc.get_update()
-                lsn = self._log.last_lsn
-                self._log.roll()
-                self._log.bytes_since_snapshot = 0
-                self._log.records_since_snapshot = 0
-            path = self._snapshots.write(lsn, state, self.replica_id)
-            older = self._snapshots.prune()
-            removed = self._log.delete_segments_through(older) if older is not None else []
-            return CompactionReport(path, lsn, removed)
+            guard = CompactionLock.take(self._log.directory, wait=wait)
+            if guard is None:
+                return None
+            with guard:
+                with self._write():
+                    state = self.doc.get_update()
+                    lsn = self._log.last_lsn
+                    self._log.roll()
+                    self._log.bytes_since_snapshot = 0
+                    self._log.records_since_snapshot = 0
+                path = self._snapshots.write(lsn, state, self.replica_id)
+                with self._log.lock():
+                    older = self._snapshots.prune()
+                removed = self._log.delete_segments_through(older) if older is not None else []
+                return CompactionReport(path, lsn, removed)
 
     def _compact_in_background(self) -> None:
         if self._compacting.locked():
@@ -456,7 +598,7 @@ class Replica:
 
         def run() -> None:
             try:
-                self.compact()
+                self.compact(wait=False)
             except ClosedError:
                 pass
             except Exception:
@@ -481,17 +623,14 @@ class Replica:
 
     def stats(self) -> dict[str, Any]:
         """Counts and log positions for `agentstate status`."""
-        with self._lock:
+        with self._read_scope():
+            counts = {spec.stat: len(self.doc.get(spec.name, type=spec.kind)) for spec in ROOTS if spec.stat}
             return {
                 "replica_id": self.replica_id,
                 "client_id": self.client_id,
                 "path": str(self.datadir.path) if self.datadir else None,
                 "durability": self.durability.value if self.durability else None,
-                "tasks": len(self.doc.get(TASKS, type=Map)),
-                "nodes": len(self.doc.get(NODES, type=Map)),
-                "edges": len(self.doc.get(EDGES, type=Map)),
-                "counters": len(self.doc.get(COUNTERS, type=Map)),
-                "lessons": len(self.doc.get(LESSONS, type=Array)),
+                **counts,
                 "last_lsn": self._last_lsn,
                 "durable_lsn": self.durable_lsn,
                 "state_vector_clients": len(decode_state_vector(self.doc.get_state())),
@@ -511,6 +650,9 @@ class Replica:
                 log.warning("no snapshot at close (the log keeps everything): %s", exc)
         with self._lock:
             self._closed = True
+        self._stop_following.set()
+        if self._follower is not None and self._follower is not threading.current_thread():
+            self._follower.join(timeout=5)
         with self._compacting:
             if self._log is not None:
                 self._log.close()
@@ -533,10 +675,37 @@ class Replica:
         self.close()
 
 
-class _WriteScope:
-    """Context for one (possibly nested) write; a class, not a generator, as it is on the hot path."""
+class _ReadScope:
+    """The replica lock, after applying what other processes appended (skipped inside a write)."""
 
-    __slots__ = ("_replica", "_origin", "_transaction", "_txn", "_outer", "_lsn")
+    __slots__ = ("_replica",)
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+
+    def __enter__(self) -> None:
+        replica = self._replica
+        replica._lock.acquire()
+        log_ = replica._log
+        if log_ is not None and replica._depth == 0 and not replica._closed and log_.changed():
+            try:
+                with log_.lock():
+                    replica._catch_up()
+            except BaseException:
+                replica._lock.release()
+                raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._replica._lock.release()
+
+
+class _WriteScope:
+    """Context for one (possibly nested) write; a class, not a generator, as it is on the hot path.
+
+    The outermost scope holds the log's append lock from before it catches up until its
+    record is appended, so what it writes is decided on everything any process wrote."""
+
+    __slots__ = ("_replica", "_origin", "_transaction", "_txn", "_outer", "_lsn", "_head")
 
     def __init__(self, replica: Replica, origin: str | None, *, transaction: bool = False) -> None:
         self._replica = replica
@@ -545,6 +714,7 @@ class _WriteScope:
         self._txn: Any = None
         self._outer = False
         self._lsn = 0
+        self._head: Any = None
 
     def __enter__(self) -> None:
         replica = self._replica
@@ -553,14 +723,24 @@ class _WriteScope:
             replica._lock.release()
             raise ClosedError("the replica is closed")
         self._outer = replica._depth == 0
-        if self._outer:
-            replica._origin = self._origin
-        replica._depth += 1
-        self._txn = replica.doc.transaction()
         try:
-            self._txn.__enter__()
+            if self._outer and replica._log is not None:
+                self._head = replica._log.lock()
+                self._head.acquire()
+                replica._catch_up()
+            if self._outer:
+                replica._origin = self._origin
+            replica._depth += 1
+            self._txn = replica.doc.transaction()
+            try:
+                self._txn.__enter__()
+            except BaseException:
+                replica._depth -= 1
+                raise
         except BaseException:
-            replica._depth -= 1
+            if self._head is not None:
+                self._head.release()
+                self._head = None
             replica._lock.release()
             raise
 
@@ -573,7 +753,12 @@ class _WriteScope:
                 replica._depth -= 1
                 if self._outer:
                     self._lsn = replica._last_lsn
-                    replica._finish_transaction()
+                    try:
+                        replica._finish_transaction()
+                    finally:
+                        if self._head is not None:
+                            self._head.release()
+                            self._head = None
         finally:
             replica._lock.release()
         if self._outer and exc_type is None:

@@ -26,7 +26,7 @@ from .models import (
 from .schema import MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, plain, record_dict
 
 if TYPE_CHECKING:
-    from .replica import Replica
+    from .access import DocAccess
 
 SCALAR_FIELDS = ("title", "description", "status", "priority", "owner")
 _SCALAR_NAMES = frozenset(SCALAR_FIELDS)
@@ -71,16 +71,16 @@ def _id_set(field: str, values: Iterable[str]) -> list[str]:
 class TaskBoard:
     """Create, read, update, delete and list tasks; every write is validated before it touches the Doc."""
 
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-        self._root = replica.doc.get(TASKS, type=Map)
+    def __init__(self, access: DocAccess) -> None:
+        self._access = access
+        self._root = access.doc.get(TASKS, type=Map)
 
     def __len__(self) -> int:
-        with self._replica._lock:
+        with self._access.read():
             return len(self._root)
 
     def __contains__(self, task_id: object) -> bool:
-        with self._replica._lock:
+        with self._access.read():
             return isinstance(task_id, str) and task_id in self._root
 
     def create(
@@ -111,7 +111,7 @@ class TaskBoard:
             raise FieldError("task", "depends_on", "a task cannot depend on itself")
         props = check_properties("task", properties or {})
         now = iso_now()
-        with self._replica._write():
+        with self._access.write():
             if task_id in self._root:
                 raise AlreadyExistsError("task", task_id)
             self._root[task_id] = Map(
@@ -119,7 +119,7 @@ class TaskBoard:
                     **fields,
                     "created_at": now,
                     "updated_at": now,
-                    "created_by": self._replica.replica_id,
+                    "created_by": self._access.replica_id,
                     "tags": as_set_map(tag_list),
                     "depends_on": as_set_map(deps),
                     "properties": Map(props),
@@ -168,7 +168,7 @@ class TaskBoard:
             raise FieldError("task", "remove_properties", "must be a list of keys, not a single string")
         drop_props = list(remove_properties) if remove_properties != () else []
         now = iso_now()
-        with self._replica._write():
+        with self._access.write():
             try:
                 entry = self._root[task_id]
             except KeyError:
@@ -215,14 +215,14 @@ class TaskBoard:
 
     def delete(self, task_id: str) -> None:
         """Delete a task (a concurrent edit elsewhere does not bring it back)."""
-        with self._replica._write():
+        with self._access.write():
             if task_id not in self._root:
                 raise NotFoundError("task", task_id)
             del self._root[task_id]
 
     def get(self, task_id: str) -> Task:
         """The task, validated; NotFoundError or InvalidRecordError otherwise."""
-        with self._replica._lock:
+        with self._access.read():
             data = record_dict(self._entry(task_id))
         return self._validate(task_id, data)
 
@@ -241,7 +241,7 @@ class TaskBoard:
             raise InvalidRecordError("task", task_id, describe_errors(exc)) from None
 
     def _scan(self) -> tuple[list[Task], list[InvalidRecord]]:
-        with self._replica._lock:
+        with self._access.read():
             raw = [(key, record_dict(value), isinstance(value, Map)) for key, value in self._root.items()]
         good: list[Task] = []
         bad: list[InvalidRecord] = []

@@ -6,11 +6,13 @@ durability mode. Concurrent callers of `sync` share one fsync (group commit).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Protocol
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from .frames import (
     encode_segment_header,
     find_next_valid,
 )
+from .log_head import LogHead
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,14 @@ def read_segment(
     the newest segment a bad record (or a hole of zeros) followed by nothing valid is a
     torn tail; any other damage raises LogCorruptionError naming the file and offset.
     """
-    data = path.read_bytes()
+    return read_segment_bytes(path.read_bytes(), path, is_last=is_last, after_lsn=after_lsn,
+                              expected_lsn=expected_lsn)
+
+
+def read_segment_bytes(
+    data: bytes, path: Path, *, is_last: bool, after_lsn: int, expected_lsn: int | None
+) -> tuple[list[Record], int, TornTail | None, int]:
+    """`read_segment` over bytes already read (for instance cut at the end the head publishes)."""
     problem = check_segment_header(data)
     if problem is not None:
         if is_last and find_next_valid(data, 0, 0) is None:
@@ -138,12 +148,81 @@ def read_segment(
     return records, last_lsn, None, offset
 
 
-class UpdateLog:
-    """Segmented append-only log with PARANOID / BALANCED / LAZY durability and group commit.
+COMPACT_LOCK_NAME = "COMPACT"
 
-    The open segment is preallocated (sparse) and written through a shared memory map:
-    a record is in the OS page cache, hence safe from a process crash, as soon as it is
-    copied in, without a system call per record. fsync (msync) makes it safe from a power cut.
+
+class CompactionLock:
+    """`log/COMPACT`, flock-held by the one process compacting a directory (released on exit or death)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def take(cls, directory: Path, *, wait: bool) -> CompactionLock | None:
+        """Take the lock; None when `wait` is False and another process holds it."""
+        fd = os.open(directory / COMPACT_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd)
+
+    def __enter__(self) -> CompactionLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+
+class SegmentGoneError(StorageError):
+    """A segment this process still had to read was deleted by another process's compaction."""
+
+    def __init__(self, directory: Path, lsn: int) -> None:
+        super().__init__(f"{directory}: the segment holding record {lsn} was compacted away; reload from the snapshot")
+        self.lsn = lsn
+
+
+@dataclass
+class _Cursor:
+    """How far this process has read the log: the segment it reads, the offset of the next record, the last lsn."""
+
+    segment: int = 0
+    offset: int = 0
+    lsn: int = 0
+    fd: int | None = None
+
+    def close(self) -> None:
+        """Close the segment descriptor, if any."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class OpenLock(Protocol):
+    """The directory's open lock, as the log uses it (implemented by DataDir)."""
+
+    def join(self) -> bool:
+        """Hold the lock: exclusively, returning True, when no other process has the directory open."""
+
+    def share(self) -> None:
+        """Turn an exclusive hold into a shared one."""
+
+    def try_sole(self) -> bool:
+        """True (held exclusively) when no other process has the directory open."""
+
+
+class UpdateLog:
+    """Segmented append-only log shared by every process on a directory, with group commit.
+
+    Appends take `log/HEAD`'s append lock, land where the head says the log ends, and
+    publish the new end; readers compare the head's last lsn with their own and read the
+    records in between (see docs/storage.md, "Many processes, one directory"). The open
+    segment is preallocated (sparse) and written through a shared memory map (PARANOID:
+    pwrite), so a record is in the page cache, safe from a process crash, once copied in.
     """
 
     def __init__(
@@ -153,17 +232,21 @@ class UpdateLog:
         *,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        file_mode: int = 0o600,
     ) -> None:
         self.directory = Path(directory)
         self.durability = Durability.parse(durability)
         self.flush_interval = flush_interval
         self.segment_size = segment_size
-        self._write_lock = threading.Lock()
+        self.file_mode = file_mode
+        self._head: LogHead | None = None
+        self._open_lock: OpenLock | None = None
         self._sync_cond = threading.Condition()
         self._segment: _OpenSegment | None = None
+        self._segment_first = 0
         self._retired: list[_OpenSegment] = []
         self._append_end = 0
-        self._next_lsn = 1
+        self._cursor = _Cursor()
         self._written_lsn = 0
         self._durable_lsn = 0
         self._syncing = False
@@ -172,19 +255,56 @@ class UpdateLog:
         self._failure: BaseException | None = None
         self._flusher: threading.Thread | None = None
         self.fsync_count = 0
+        self.torn_cut = 0
         self.bytes_since_snapshot = 0
         self.records_since_snapshot = 0
         self._packer = msgpack.Packer(use_bin_type=True)
         self._balanced = self.durability is Durability.BALANCED
         self._write_through = self.durability is Durability.PARANOID
 
-    def replay(self, after_lsn: int = 0) -> tuple[Iterator[Record], ReplayReport]:
-        """Read every record with lsn > after_lsn, checking sequence continuity across segments.
+    # -- opening --------------------------------------------------------------------------
 
-        Returns the records and a report; a torn tail is cut off and reported. Call once,
-        before `open_for_append`.
+    def open(self, after: Callable[[], int], open_lock: OpenLock) -> tuple[list[Record], ReplayReport, int]:
+        """Open for reading and appending; return the records after `after()`, the report, and that lsn.
+
+        Under the append lock: `open_lock.join()` says whether any other process has the
+        directory open, then `after` loads the snapshot (so no compaction can delete the
+        segments that follow it meanwhile). Alone, the log is recovered from its bytes (a
+        torn tail is cut and reported) and the head rewritten; otherwise the head is
+        trusted and records are read up to the end it publishes.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
+        head = self._head = LogHead.open(self.directory, self.file_mode)
+        self._open_lock = open_lock
+        try:
+            with head:
+                sole = open_lock.join()
+                after_lsn = after()
+                if sole or not head.valid():
+                    records, report = self._recover(after_lsn)
+                    self._open_or_start_segment(report.last_lsn + 1)
+                    assert self._segment is not None
+                    head.initialise(self._segment_first, self._segment.end, report.last_lsn, report.last_lsn)
+                else:
+                    records, report = self._read_published(after_lsn)
+                    self._follow_head()
+                last = head.last_lsn
+                self._seek_cursor(after_lsn, records)
+                self._written_lsn = self._durable_lsn = last
+                if sole:
+                    open_lock.share()
+        except BaseException:
+            self._drop_files()
+            raise
+        self.bytes_since_snapshot = sum(len(r.payload) for r in records)
+        self.records_since_snapshot = len(records)
+        if self.durability is Durability.BALANCED:
+            self._flusher = threading.Thread(target=self._flush_loop, name="agentstate-log-flusher", daemon=True)
+            self._flusher.start()
+        return records, report, after_lsn
+
+    def _recover(self, after_lsn: int) -> tuple[list[Record], ReplayReport]:
+        """Read every record with lsn > after_lsn from the bytes, cutting a torn tail (no other process open)."""
         report = ReplayReport()
         segments = list_segments(self.directory)
         records: list[Record] = []
@@ -218,11 +338,46 @@ class UpdateLog:
             if is_last:
                 self._append_end = end if torn is None or torn.offset >= SEGMENT_HEADER_SIZE else 0
         report.records = len(records)
-        self._next_lsn = max(report.last_lsn, after_lsn) + 1
-        self._written_lsn = self._durable_lsn = self._next_lsn - 1
-        self.bytes_since_snapshot = sum(len(r.payload) for r in records)
-        self.records_since_snapshot = len(records)
-        return iter(records), report
+        report.last_lsn = max(report.last_lsn, after_lsn)
+        return records, report
+
+    def _read_published(self, after_lsn: int) -> tuple[list[Record], ReplayReport]:
+        """Read the records after `after_lsn` up to the end the head publishes (append lock held)."""
+        head = self._head
+        assert head is not None
+        report = ReplayReport()
+        records: list[Record] = []
+        expected: int | None = None
+        segments = list_segments(self.directory)
+        for index, (first_lsn, path) in enumerate(segments):
+            if first_lsn > head.segment:
+                break
+            if index + 1 < len(segments) and segments[index + 1][0] - 1 <= after_lsn:
+                continue
+            data = path.read_bytes()
+            if first_lsn == head.segment:
+                data = data[: head.end]
+            seg_records, last_lsn, _, end = read_segment_bytes(
+                data, path, is_last=False, after_lsn=after_lsn, expected_lsn=expected
+            )
+            report.segments += 1
+            report.bytes_read += end
+            if last_lsn:
+                expected = last_lsn + 1
+            records.extend(seg_records)
+        if records and records[0].lsn != after_lsn + 1:
+            raise MissingSegmentError(self.directory, after_lsn + 1, records[0].lsn, self.directory)
+        report.records = len(records)
+        report.last_lsn = max(head.last_lsn, after_lsn)
+        return records, report
+
+    def _seek_cursor(self, after_lsn: int, records: list[Record]) -> None:
+        """Place the read cursor at the head's end (everything up to it is in `records` or the snapshot)."""
+        head = self._head
+        assert head is not None
+        self._cursor.close()
+        path = self.directory / segment_name(head.segment)
+        self._cursor = _Cursor(head.segment, head.end, head.last_lsn, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
 
     def _truncate(self, torn: TornTail) -> None:
         """Cut a torn tail off (zeroing it) so that new records follow the last good one."""
@@ -241,36 +396,149 @@ class UpdateLog:
         finally:
             os.close(fd)
 
-    def open_for_append(self) -> None:
-        """Map the newest segment (or start one) for appending, and start the flusher."""
+    def _open_or_start_segment(self, next_lsn: int) -> None:
+        """Recovery: map the newest segment at its clean end, or start a fresh one for `next_lsn`."""
         segments = list_segments(self.directory)
         if segments and self._append_end >= SEGMENT_HEADER_SIZE:
-            self._segment = _OpenSegment.open(segments[-1][1], self._append_end, self.segment_size,
+            first, path = segments[-1]
+            self._segment = _OpenSegment.open(path, self._append_end, self.segment_size,
                                               write_through=self._write_through)
+            self._segment_first = first
         else:
-            self._start_segment(0)
-        if self.durability is Durability.BALANCED:
-            self._flusher = threading.Thread(target=self._flush_loop, name="agentstate-log-flusher", daemon=True)
-            self._flusher.start()
+            self._start_segment(next_lsn, 0)
 
-    def _start_segment(self, need: int) -> None:
-        """Create the segment that the next record opens, durably unless LAZY."""
-        path = self.directory / segment_name(self._next_lsn)
+    def _start_segment(self, first_lsn: int, need: int) -> None:
+        """Create the segment whose first record will be `first_lsn` (always fsynced but in LAZY mode)."""
+        path = self.directory / segment_name(first_lsn)
         capacity = max(self.segment_size, need + SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE)
         self._segment = _OpenSegment.create(path, capacity, sync=self.durability is not Durability.LAZY,
-                                            write_through=self._write_through)
+                                            write_through=self._write_through, mode=self.file_mode)
+        self._segment_first = first_lsn
         if self.durability is not Durability.LAZY:
             fsync_directory(self.directory)
 
+    def _follow_head(self) -> None:
+        """Point this process's write handle at the head's segment and end (append lock held)."""
+        head = self._head
+        assert head is not None
+        if self._segment is None or self._segment_first != head.segment:
+            if self._segment is not None:
+                self._close_segment(self._segment)
+            path = self.directory / segment_name(head.segment)
+            self._segment = _OpenSegment.open(path, head.end, self.segment_size, write_through=self._write_through)
+            self._segment_first = head.segment
+        self._segment.end = head.end
+
+    def _close_segment(self, segment: _OpenSegment) -> None:
+        with self._sync_cond:
+            if self._syncing:
+                self._retired.append(segment)
+            else:
+                segment.close(truncate=False)
+
+    # -- the append lock and reading what others wrote --------------------------------------
+
+    def lock(self) -> LogHead:
+        """The append lock (a reentrant context manager across threads and processes)."""
+        if self._head is None:
+            raise ClosedError("the update log is closed")
+        return self._head
+
+    def changed(self) -> bool:
+        """True when another process published records this one has not read (one word compared)."""
+        head = self._head
+        return head is not None and head.last_lsn != self._cursor.lsn
+
+    def read_new(self) -> list[Record]:
+        """Records other processes appended since this one last looked (append lock held).
+
+        Raises SegmentGoneError when a segment still to be read was compacted away: the
+        caller reloads from the newest snapshot and calls `seek_after`."""
+        head = self._head
+        assert head is not None and head.held
+        cursor = self._cursor
+        target = head.last_lsn
+        records: list[Record] = []
+        while cursor.lsn < target:
+            if cursor.fd is None:
+                raise SegmentGoneError(self.directory, cursor.lsn + 1)
+            current = cursor.segment == head.segment
+            stop = head.end if current else os.fstat(cursor.fd).st_size
+            data = os.pread(cursor.fd, max(0, stop - cursor.offset), cursor.offset)
+            offset, before = 0, cursor.lsn
+            while offset < len(data) and cursor.lsn < target:
+                if data[offset : offset + FRAME_HEADER_SIZE] == ZERO_FRAME_HEADER:
+                    break
+                found = decode_at(data, offset)
+                path = self.directory / segment_name(cursor.segment)
+                if isinstance(found, FrameProblem):
+                    raise LogCorruptionError(path, cursor.offset + offset, found.value)
+                record, next_offset = found
+                if record.lsn != cursor.lsn + 1:
+                    raise LogCorruptionError(path, cursor.offset + offset,
+                                             f"record sequence number {record.lsn}, expected {cursor.lsn + 1}")
+                cursor.lsn = record.lsn
+                records.append(record)
+                offset = next_offset
+            cursor.offset += offset
+            if cursor.lsn < target:
+                if current:
+                    raise LogCorruptionError(self.directory / segment_name(cursor.segment), cursor.offset,
+                                             f"the head says the log reaches record {target}, it ends at {cursor.lsn}")
+                if cursor.lsn == before and offset == 0 and data[:FRAME_HEADER_SIZE] not in (b"", ZERO_FRAME_HEADER):
+                    raise LogCorruptionError(self.directory / segment_name(cursor.segment), cursor.offset,
+                                             "no record where one was expected")
+                self._cursor_to_segment(cursor.lsn + 1)
+        self.bytes_since_snapshot += sum(len(r.payload) for r in records)
+        self.records_since_snapshot += len(records)
+        return records
+
+    def _cursor_to_segment(self, first_lsn: int) -> None:
+        cursor = self._cursor
+        cursor.close()
+        try:
+            cursor.fd = os.open(self.directory / segment_name(first_lsn), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SegmentGoneError(self.directory, first_lsn) from None
+        cursor.segment = first_lsn
+        cursor.offset = SEGMENT_HEADER_SIZE
+
+    def seek_after(self, lsn: int) -> None:
+        """Continue reading after record `lsn` (a snapshot covering it was applied; append lock held)."""
+        head = self._head
+        assert head is not None and head.held
+        candidates = [first for first, _ in list_segments(self.directory) if first <= lsn + 1]
+        if not candidates:
+            raise MissingSegmentError(self.directory, lsn + 1, head.segment, self.directory)
+        self._cursor_to_segment(candidates[-1])
+        cursor = self._cursor
+        cursor.lsn = candidates[-1] - 1
+        assert cursor.fd is not None
+        stop = head.end if cursor.segment == head.segment else os.fstat(cursor.fd).st_size
+        data = os.pread(cursor.fd, max(0, stop - cursor.offset), cursor.offset)
+        offset = 0
+        while offset < len(data) and cursor.lsn < lsn:
+            found = decode_at(data, offset)
+            if isinstance(found, FrameProblem):
+                raise LogCorruptionError(self.directory / segment_name(cursor.segment), cursor.offset + offset,
+                                         found.value)
+            record, offset = found
+            cursor.lsn = record.lsn
+        cursor.offset += offset
+
+    # -- appending ------------------------------------------------------------------------
+
     @property
     def last_lsn(self) -> int:
-        """Sequence number of the newest record written."""
-        return self._written_lsn
+        """Sequence number of the newest record this process wrote or read."""
+        return max(self._written_lsn, self._cursor.lsn)
 
     @property
     def durable_lsn(self) -> int:
-        """Every record up to this sequence number has been fsynced."""
-        return self._durable_lsn
+        """Every record up to this sequence number has been fsynced (by this or another process)."""
+        head = self._head
+        shared = head.durable_lsn if head is not None and not self._closed else 0
+        return max(self._durable_lsn, shared)
 
     def append(self, payload: bytes, kind: int = KIND_UPDATE) -> int:
         """Append one record and return its lsn; in PARANOID mode it is on disk on return."""
@@ -280,17 +548,24 @@ class UpdateLog:
         return lsn
 
     def append_nowait(self, payload: bytes, kind: int = KIND_UPDATE) -> int:
-        """Append one record to the OS without waiting for the disk, whatever the mode."""
-        with self._write_lock:
-            segment = self._segment
-            if self._closed or segment is None:
-                raise ClosedError("the update log is closed")
+        """Append one record where the head says the log ends, without waiting for the disk."""
+        head = self._head
+        if self._closed or head is None:
+            raise ClosedError("the update log is closed")
+        with head:
             if self._failure is not None:
                 raise StorageError(f"the update log failed earlier: {self._failure}") from self._failure
-            lsn = self._next_lsn
+            if self._segment_first != head.segment or self._segment is None:
+                self._follow_head()
+            segment = self._segment
+            assert segment is not None
+            segment.end = head.end
+            lsn = head.last_lsn + 1
             frame = encode_record(lsn, kind, payload, self._packer)
             size = len(frame)
+            at_end = self._cursor.lsn == lsn - 1
             try:
+                self._cut_torn(segment)
                 end = segment.end + size
                 if end + FRAME_HEADER_SIZE > segment.capacity:
                     self._roll(size)
@@ -306,7 +581,13 @@ class UpdateLog:
             except (OSError, ValueError) as exc:
                 self._failure = exc
                 raise StorageError(f"cannot append to {segment.path}: {exc}") from exc
-            self._next_lsn = lsn + 1
+            head.publish(self._segment_first, segment.end, lsn)
+            if at_end:
+                cursor = self._cursor
+                if cursor.segment != self._segment_first:
+                    self._cursor_to_segment(self._segment_first)
+                cursor.offset = segment.end
+                cursor.lsn = lsn
             self._written_lsn = lsn
             self.bytes_since_snapshot += len(payload)
             self.records_since_snapshot += 1
@@ -316,38 +597,61 @@ class UpdateLog:
                     self._sync_cond.notify_all()
             return lsn
 
+    def _cut_torn(self, segment: _OpenSegment) -> None:
+        """Zero the header of a record a dead writer left unpublished at the end, and report it."""
+        tail = segment.read(segment.end, FRAME_HEADER_SIZE)
+        if tail == ZERO_FRAME_HEADER:
+            return
+        assert self._head is not None
+        length = int.from_bytes(tail[:4], "little")
+        log.warning("log %s: cut off a record of %d bytes at offset %d left by a writer that died mid-append",
+                    segment.path, length, segment.end)
+        segment.zero(segment.end, FRAME_HEADER_SIZE)
+        self._head.note_torn()
+        self.torn_cut += 1
+
     def _roll(self, need: int = 0) -> None:
-        """Finish the current segment (durably unless LAZY) and start the next. Holds the write lock."""
+        """Seal the current segment (trimmed, fsynced) and start the next (append lock held).
+
+        A sealed segment is always fsynced, whatever this process's mode, so that a
+        record in it is durable for every process (the head's durable lsn says so)."""
         old = self._segment
-        assert old is not None
-        if self.durability is not Durability.LAZY:
-            old.sync()
-            self.fsync_count += 1
-            with self._sync_cond:
-                self._durable_lsn = max(self._durable_lsn, self._written_lsn)
-                self._sync_cond.notify_all()
+        head = self._head
+        assert old is not None and head is not None
+        old.trim(old.end)
+        old.sync()
+        self.fsync_count += 1
+        head.note_durable(head.last_lsn)
         with self._sync_cond:
-            if self._syncing:
-                self._retired.append(old)
-            else:
-                old.close(truncate=True)
-        self._start_segment(need)
+            self._durable_lsn = max(self._durable_lsn, head.last_lsn)
+            self._sync_cond.notify_all()
+        self._close_segment(old)
+        self._start_segment(head.last_lsn + 1, need)
+        assert self._segment is not None
+        head.publish(self._segment_first, self._segment.end, head.last_lsn)
 
     def roll(self) -> None:
         """Start a new segment now, so that everything written so far lies in older ones."""
-        with self._write_lock:
-            if self._segment is not None and self._segment.end > SEGMENT_HEADER_SIZE:
+        head = self.lock()
+        with head:
+            self._follow_head()
+            assert self._segment is not None
+            if self._segment.end > SEGMENT_HEADER_SIZE:
+                self._cut_torn(self._segment)
+                at_end = self._cursor.lsn == head.last_lsn
                 self._roll()
+                if at_end:
+                    self._cursor_to_segment(self._segment_first)
+                    self._cursor.lsn = head.last_lsn
 
     def sync(self, lsn: int | None = None) -> None:
-        """Block until every record up to `lsn` (default: all written) is on disk.
+        """Block until every record up to `lsn` (default: all this process knows of) is on disk.
 
-        One caller at a time fsyncs; the others wait for it, and one fsync covers every
-        record written before it started (group commit).
-        """
-        target = self._written_lsn if lsn is None else lsn
+        One thread of a process fsyncs at a time and the others wait for it (group
+        commit); a record another process's fsync already covered needs none."""
+        target = self.last_lsn if lsn is None else lsn
         with self._sync_cond:
-            while self._durable_lsn < target:
+            while self.durable_lsn < target:
                 if self._failure is not None:
                     raise StorageError(f"the update log failed: {self._failure}") from self._failure
                 if self._syncing:
@@ -357,15 +661,19 @@ class UpdateLog:
                 break
             else:
                 return
+        segment: _OpenSegment | None = None
         try:
-            with self._write_lock:
-                segment = self._segment
-                upto = self._written_lsn
+            head = self.lock()
+            with head:
                 self._flusher_armed = False
-            if segment is None:
-                raise ClosedError("the update log is closed")
+                self._follow_head()
+                segment = self._segment
+                upto = head.last_lsn
+            assert segment is not None
             segment.sync()
             self.fsync_count += 1
+            with head:
+                head.note_durable(upto)
         except (OSError, ValueError) as exc:
             with self._sync_cond:
                 self._failure = exc
@@ -381,7 +689,7 @@ class UpdateLog:
             self._durable_lsn = max(self._durable_lsn, upto)
             self._syncing = False
             for retired in self._retired:
-                retired.close(truncate=True)
+                retired.close(truncate=False)
             self._retired.clear()
             self._sync_cond.notify_all()
 
@@ -404,41 +712,62 @@ class UpdateLog:
                 return
 
     def delete_segments_through(self, lsn: int) -> list[Path]:
-        """Delete segments whose every record has lsn <= `lsn` (never the open one)."""
-        segments = list_segments(self.directory)
-        current = self._segment.path if self._segment is not None else None
+        """Delete sealed segments whose every record has lsn <= `lsn` (append lock taken).
+
+        A process still reading one keeps its descriptor (the file lives on until closed);
+        one that had not opened it yet reloads from the snapshot (SegmentGoneError)."""
+        head = self.lock()
         removed: list[Path] = []
-        for index, (_, path) in enumerate(segments[:-1]):
-            next_first = segments[index + 1][0]
-            if next_first - 1 <= lsn and path != current:
-                path.unlink()
-                removed.append(path)
+        with head:
+            segments = list_segments(self.directory)
+            for index, (first, path) in enumerate(segments[:-1]):
+                next_first = segments[index + 1][0]
+                if next_first - 1 <= lsn and first != head.segment:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
         if removed:
             fsync_directory(self.directory)
         return removed
 
     def close(self) -> None:
-        """Flush everything to disk, stop the flusher, trim and close the segment."""
+        """Flush everything to disk, stop the flusher, and close; the last process trims the segment."""
         if self._closed:
             return
-        if self._segment is not None and self._failure is None:
+        if self._segment is not None and self._failure is None and self._head is not None:
             try:
                 self.sync()
             except Exception as exc:
                 log.error("final fsync failed: %s", exc)
-        with self._write_lock:
-            with self._sync_cond:
-                self._closed = True
-                self._sync_cond.notify_all()
-            if self._segment is not None:
-                self._segment.close(truncate=self._failure is None)
-                self._segment = None
+        head = self._head
+        try:
+            if head is not None and self._failure is None:
+                with head:
+                    if self._open_lock is not None and self._open_lock.try_sole() and head.valid():
+                        self._follow_head()
+                        assert self._segment is not None
+                        self._segment.trim(head.end)
+        except OSError as exc:
+            log.warning("could not trim the log segment at close: %s", exc)
+        with self._sync_cond:
+            self._closed = True
+            self._sync_cond.notify_all()
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(timeout=5)
+        self._drop_files()
+
+    def _drop_files(self) -> None:
+        """Close every descriptor and map this log holds (no I/O beyond close)."""
         with self._sync_cond:
             for retired in self._retired:
-                retired.close(truncate=True)
+                retired.close(truncate=False)
             self._retired.clear()
+        if self._segment is not None:
+            self._segment.close(truncate=False)
+            self._segment = None
+        self._cursor.close()
+        if self._head is not None:
+            self._head.close()
+            self._head = None
 
 
 class _OpenSegment:
@@ -460,9 +789,10 @@ class _OpenSegment:
         self.release_at = self._released + 2 * RELEASE_CHUNK
 
     @classmethod
-    def create(cls, path: Path, capacity: int, *, sync: bool, write_through: bool = False) -> _OpenSegment:
+    def create(cls, path: Path, capacity: int, *, sync: bool, write_through: bool = False,
+               mode: int = 0o600) -> _OpenSegment:
         """A new segment holding just its header; the header is fsynced unless `sync` is False."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             header = encode_segment_header()
             os.write(fd, header)
@@ -478,7 +808,7 @@ class _OpenSegment:
     @classmethod
     def open(cls, path: Path, end: int, capacity: int, *, write_through: bool = False) -> _OpenSegment:
         """Reopen an existing segment whose valid records end at `end`."""
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
             size = max(capacity, os.fstat(fd).st_size, end + FRAME_HEADER_SIZE)
             os.ftruncate(fd, size)
@@ -504,6 +834,24 @@ class _OpenSegment:
             if end >= self.release_at:
                 self._release(end)
         self.end = end
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes at `offset` (from the map when there is one)."""
+        if self.mm is not None:
+            return self.mm[offset : offset + length]
+        return os.pread(self.fd, length, offset)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Overwrite `length` bytes at `offset` with zeros."""
+        if self.mm is not None:
+            self.mm[offset : offset + length] = bytes(length)
+        else:
+            os.pwrite(self.fd, bytes(length), offset)
+
+    def trim(self, end: int) -> None:
+        """Cut the file at `end` (sealing it, or tidying the preallocated zeros at the last close)."""
+        os.ftruncate(self.fd, end)
+        self.capacity = min(self.capacity, end)
 
     def _release(self, end: int) -> None:
         """Unmap written pages from this process (they stay in the page cache) to bound RSS."""

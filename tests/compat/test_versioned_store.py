@@ -11,7 +11,7 @@ import compat
 from compat.checksums import compute_checksum
 from compat.config import DurabilityMode
 from compat.errors import CorruptionError, ValidationError
-from compat.sharing import DirectoryLockedError, find_open
+from compat.sharing import find_open
 from compat.types import Decision, Edge, Entity, Epic, Handoff, Sprint, Task
 from compat.versioned_store import GenericEntity, VersionedStore, default_replica_dir
 from replica import Replica
@@ -273,30 +273,32 @@ def test_the_replica_of_an_entities_directory_is_its_got_directory(tmp_path: Pat
         assert not (tmp_path / "got" / "entities" / "replica.json").exists()
 
 
-_HOLDER = """
+_SHARER = """
 import sys
+from compat.types import Task
 from compat.versioned_store import VersionedStore
 store = VersionedStore(sys.argv[1])
+store.write(Task(id="T-child", title="from the child"))
 print("ready", flush=True)
 sys.stdin.readline()
+print(store.read("T-parent").title, store.current_version(), flush=True)
 store.close()
 print("closed", flush=True)
 """
 
 
-def test_another_process_holding_the_directory_is_named(tmp_path: Path, spawn: Callable[..., Child]) -> None:
-    child = spawn(_HOLDER, str(tmp_path / "s"))
+def test_another_process_shares_the_directory(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    child = spawn(_SHARER, str(tmp_path / "s"))
     child.expect("ready")
-    with pytest.raises(DirectoryLockedError) as caught:
-        VersionedStore(tmp_path / "s")
-    assert str(child.proc.pid) in str(caught.value) and caught.value.context["pid"] == child.proc.pid
-    assert isinstance(caught.value, RuntimeError) and isinstance(caught.value, compat.GoTError)
-    assert "own directory" in str(caught.value)
-    child.send("")
-    child.expect("closed")
-    assert child.finish() == 0
     with VersionedStore(tmp_path / "s") as store:
-        assert store.current_version() == 0
+        assert store.read("T-child").title == "from the child"
+        assert store.current_version() == 1
+        store.write(Task(id="T-parent", title="from the parent"))
+        child.send("")
+        child.expect("from the parent 2")
+        child.expect("closed")
+        assert child.finish() == 0
+        assert store.current_version() == 2
 
 
 def test_a_stronger_opener_on_a_lazy_replica_still_gets_durable_writes(tmp_path: Path) -> None:
