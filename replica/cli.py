@@ -355,9 +355,13 @@ def show_record(data: dict[str, Any]) -> None:
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
-    """Print `data` as JSON for scripts or through `render` for people."""
+    """Print `data` as JSON for scripts or through `render` for people.
+
+    JSON is indented on a terminal and one line when piped: indenting makes json use its
+    pure-Python encoder, 40 ms for a 1,000-task list.
+    """
     if as_json:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        print(json.dumps(data, indent=2 if sys.stdout.isatty() else None, sort_keys=True, default=str))
     else:
         render(data)
 
