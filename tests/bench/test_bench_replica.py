@@ -126,20 +126,36 @@ def test_open_from_snapshot(big_replica: Path) -> None:
            higher_is_better=False, baseline_name="raw pycrdt")
 
 
+_UNCLOSED_WRITER = """
+import os, sys
+from replica import Replica
+replica = Replica.open(sys.argv[1], durability="lazy")
+ids = [replica.tasks.create(f"t{i}").id for i in range(100)]
+for i in range(int(sys.argv[2])):
+    replica.tasks.update(ids[i % 100], status="completed" if i % 2 else "pending")
+replica.flush()
+print(replica.last_lsn, flush=True)
+os._exit(0)
+"""
+
+
 def test_log_replay_rate(tmp_path: Path) -> None:
+    """Replay of a log nobody snapshotted: the writer exits without close(), as a killed process would.
+
+    A clean close snapshots once 1,000 records accumulated, and the reopen would replay none.
+    """
     path = tmp_path / "replay"
     count = 50_000
-    with Replica.open(path, durability="lazy") as replica:
-        ids = [replica.tasks.create(f"t{i}").id for i in range(100)]
-        for i in range(count):
-            replica.tasks.update(ids[i % 100], status="completed" if i % 2 else "pending")
-        records = replica.last_lsn
-        updates = []
-        replica.on_update(lambda u, o: updates.append(u))
+    written = subprocess.run([sys.executable, "-c", _UNCLOSED_WRITER, str(path), str(count)], check=True,
+                             capture_output=True, text=True)
+    records = int(written.stdout.strip())
     start = time.perf_counter()
-    with Replica.open(path, durability="lazy") as reopened:
-        assert reopened.open_report.replay.records == records
+    reopened = Replica.open(path, durability="lazy")
     ours = records / (time.perf_counter() - start)
+    try:
+        assert reopened.open_report.replay.records == records
+    finally:
+        reopened.close()
     doc_updates: list[bytes] = []
     source = Doc()
     source.observe(lambda e: doc_updates.append(e.update))
