@@ -512,14 +512,22 @@ class ReplicaEntities:
         The first call verifies every record (unless the marker of a previous run matches
         the state this replica opened with); later calls only those changed since."""
         with self._verify_lock:
-            if self._bad is None:
+            full = self._bad is None
+            if full:
                 marker = self._read_marker()
                 if marker is not None and marker.get("fingerprint") == self._opened_fingerprint:
                     self._bad = {str(entity_id) for entity_id in marker.get("bad", [])}
+                    full = False
                 else:
                     self._dirty.clear()
-                    self._bad = set(self._check_all())
-                    return sorted(self._bad)
+        if full:
+            # Outside the lock: reading may apply other processes' records, whose observer
+            # takes it; what they change while the scan runs is dirty and checked below.
+            found = set(self._check_all())
+            with self._verify_lock:
+                if self._bad is None:
+                    self._bad = found
+        with self._verify_lock:
             dirty, self._dirty = self._dirty, set()
         for entity_id in dirty:
             raw = self.records.get(entity_id)
@@ -568,7 +576,7 @@ class ReplicaEntities:
         if path is None or self._bad is None:
             return
         bad = self.verify_all()
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint(), "bad": bad}), encoding="utf-8")
         os.replace(tmp, path)
 

@@ -281,6 +281,7 @@ class Mesh:
         self._started = True
         self._changed = asyncio.Condition()
         self._unsubscribe = self.replica.on_update(self._on_replica_update)
+        self.replica.follow()
         if self.use_digest:
             # warm the digest cache (and the worker thread) while the first dial connects;
             # _digest() checks the generation again when a connection asks for it

@@ -179,3 +179,22 @@ def test_node_killed_mid_sync_loses_nothing_acknowledged(make_cluster: MakeClust
     _, _, tasks, _, graph_nodes = cluster.wait_converged()
     assert acknowledged <= set(tasks)
     assert graph_nodes == BULK
+
+
+def test_serve_relays_what_other_local_processes_write(make_cluster: MakeCluster) -> None:
+    """`serve` is one more process on its directory: a script's writes (no daemon involved) reach the peer,
+    and the peer's writes reach the script's next read."""
+    cluster = make_cluster(2, [(1, 0)])
+    cluster.start()
+    here, there = cluster.nodes
+    with Replica.open(here.data) as script:
+        script.tasks.create("written by a script beside serve", id="T-script")
+        script.counters.incr("scripts", 3)
+        cluster.wait_tasks({"T-script"}, nodes=[there])
+        add_task(there, "T-there")
+
+        def seen_by_script() -> str | None:
+            return None if "T-there" in script.tasks else "T-there not on the script's board yet"
+
+        cluster.wait_until(seen_by_script, timeout=30, what="the peer's write on the script's board")
+        assert script.counters.value("scripts") == 3

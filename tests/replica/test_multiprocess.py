@@ -22,6 +22,7 @@ from replica import DataDirLockedError, Replica
 from replica.log_head import LogHead
 from replica.repair import repair
 
+from .helpers import wait_until
 from .test_crash import READY_TIMEOUT, Acks, _pump
 
 REPO = Path(__file__).resolve().parents[2]
@@ -253,3 +254,15 @@ def test_repair_is_refused_while_another_process_has_the_directory_open(tmp_path
                 stream.close()
     with Replica.open(tmp_path) as r:
         assert r.tasks.get("h").title == "held"
+
+
+def test_a_follower_hears_another_process_write_without_reading(tmp_path: Path) -> None:
+    """`follow()` (started by subscribing) applies other processes' records by itself: listeners hear them."""
+    with Replica.open(tmp_path) as listener, Replica.open(tmp_path) as writer:
+        heard: list[tuple[str, str]] = []
+        updates: list[str | None] = []
+        listener.on_update(lambda update, origin: updates.append(origin))
+        listener.subscribe(lambda event: heard.append((event.id, event.origin)))
+        writer.tasks.create("elsewhere", id="T-far")
+        assert wait_until(lambda: ("T-far", "process") in heard, timeout=10)
+        assert "process" in updates
