@@ -39,12 +39,27 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return decorate
 
 
-def execute(replica: Replica, name: str, params: dict[str, Any]) -> Any:
-    """Run command `name` on `replica`; errors are ReplicaError subclasses with clear messages."""
+def execute(replica: Replica, name: str, params: dict[str, Any], *, key: str | None = None) -> Any:
+    """Run command `name` on `replica`; errors are ReplicaError subclasses with clear messages.
+
+    With an idempotency `key` (writes only), the command runs in one transaction with the
+    key's lookup: if any process already ran a command with this key on the directory,
+    its stored result is returned and nothing is written again."""
     handler = _COMMANDS.get(name)
     if handler is None:
         raise UnknownCommandError(f"unknown command {name!r}")
-    return handler(replica, params)
+    if key is None:
+        return handler(replica, params)
+    from .requests import check_key
+
+    key = check_key(key)
+    with replica.transaction():
+        seen, result = replica.requests.recall(key)
+        if seen:
+            return result
+        result = handler(replica, params)
+        replica.requests.remember(key, result)
+        return result
 
 
 def names() -> list[str]:

@@ -29,6 +29,7 @@ from .lessons import Lessons
 from .models import InvalidRecord
 from .schema import COUNTERS, EDGES, LESSONS, META, NODES, REMOVED_NODES, SCHEMA_VERSION, TASKS
 from .records import Records
+from .requests import REQUESTS, Requests
 from .snapshot import SnapshotProblem, SnapshotStore
 from .statevector import decode_state_vector
 from .tasks import TaskBoard
@@ -67,6 +68,7 @@ ROOTS: tuple[Root, ...] = (
     Root(REMOVED_NODES, Map, "graph", None, None),
     Root(COUNTERS, Map, "counters", "translate", "counters"),
     Root(LESSONS, Array, "lessons", "translate", "lessons"),
+    Root(REQUESTS, Map, "requests", None, None),
 )
 """The one table of built-in collections: creation, change events, validation and stats all read it."""
 RESERVED_ROOTS = frozenset({root.name for root in ROOTS} | {META})
@@ -167,6 +169,7 @@ class Replica:
         self.graph = Graph(self.access)
         self.counters = Counters(self.access)
         self.lessons = Lessons(self.access)
+        self.requests = Requests(self.access)
         self._doc_sub = doc.observe(self._on_transaction)
 
     @classmethod
@@ -564,7 +567,7 @@ class Replica:
 
     def invalid_records(self) -> list[InvalidRecord]:
         """Every stored record that fails validation (usually junk a peer sent)."""
-        owners = dict.fromkeys(spec.collection for spec in ROOTS)
+        owners = dict.fromkeys(spec.collection for spec in ROOTS if spec.translate is not None)
         return [bad for name in owners for bad in getattr(self, name).invalid()]
 
     def compact(self, *, wait: bool = True) -> CompactionReport | None:
