@@ -72,6 +72,16 @@ class StorageError(ReplicaError):
     """The durable log or a snapshot cannot be read or written."""
 
 
+class DiskFullError(StorageError):
+    """The disk (or quota) has no room for the log: the write was refused and changed nothing."""
+
+    def __init__(self, path: Path, need: int) -> None:
+        super().__init__(f"disk full: no room for {need} more bytes of the log at {path}; "
+                         "free some space and retry (nothing was written)")
+        self.path = path
+        self.need = need
+
+
 class LogCorruptionError(StorageError):
     """A record in the middle of the log is corrupt: recovery stops instead of guessing."""
 

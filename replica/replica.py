@@ -731,6 +731,7 @@ class _WriteScope:
                 self._head = replica._log.lock()
                 self._head.acquire()
                 replica._catch_up()
+                replica._log.prepare_append()
             if self._outer:
                 replica._origin = self._origin
             replica._depth += 1

@@ -121,21 +121,25 @@ class SnapshotStore:
         return None, problems
 
     def write(self, lsn: int, state: bytes, replica_id: str) -> Path:
-        """Write a snapshot atomically (temp file, fsync, rename, directory fsync)."""
+        """Write a snapshot atomically (temp file, fsync, rename, directory fsync); a failed one leaves nothing."""
         self.directory.mkdir(parents=True, exist_ok=True)
         created_at = datetime.now(timezone.utc).isoformat()
         data = encode_snapshot(lsn, state, replica_id, created_at)
         final = self.directory / snapshot_name(lsn)
         tmp = final.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, final)
         if self.sync:
             fsync_directory(self.directory)

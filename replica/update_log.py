@@ -6,6 +6,7 @@ durability mode. Concurrent callers of `sync` share one fsync (group commit).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import mmap
@@ -19,7 +20,7 @@ from pathlib import Path
 import msgpack
 
 from .durability import Durability
-from .errors import ClosedError, LogCorruptionError, MissingSegmentError, StorageError
+from .errors import ClosedError, DiskFullError, LogCorruptionError, MissingSegmentError, StorageError
 from .frames import (
     FRAME_HEADER_SIZE,
     KIND_UPDATE,
@@ -149,6 +150,24 @@ def read_segment_bytes(
 
 
 COMPACT_LOCK_NAME = "COMPACT"
+APPEND_HEADROOM = 256 * 1024
+"""Room a write makes sure of in the open segment before its transaction touches the Doc
+(at most an eighth of the segment size), so that on a full disk it fails cleanly instead of
+leaving an unlogged change in memory."""
+
+
+def _allocate(fd: int, offset: int, length: int, need: int, path: Path) -> int:
+    """Allocate `length` bytes at `offset` (halving down to `need` on a full disk); return what was had."""
+    while True:
+        try:
+            os.posix_fallocate(fd, offset, length)
+            return length
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or length <= need:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(path, need) from exc
+                raise
+            length = max(need, length // 2)
 
 
 class CompactionLock:
@@ -246,6 +265,7 @@ class UpdateLog:
         self._segment_first = 0
         self._retired: list[_OpenSegment] = []
         self._append_end = 0
+        self._prepared = False
         self._cursor = _Cursor()
         self._written_lsn = 0
         self._durable_lsn = 0
@@ -282,12 +302,14 @@ class UpdateLog:
                 after_lsn = after()
                 if sole or not head.valid():
                     records, report = self._recover(after_lsn)
-                    self._open_or_start_segment(report.last_lsn + 1)
-                    assert self._segment is not None
-                    head.initialise(self._segment_first, self._segment.end, report.last_lsn, report.last_lsn)
+                    segments = list_segments(self.directory)
+                    if segments and self._append_end >= SEGMENT_HEADER_SIZE:
+                        first, end = segments[-1][0], self._append_end
+                    else:
+                        first, end = report.last_lsn + 1, SEGMENT_HEADER_SIZE
+                    head.initialise(first, end, report.last_lsn, report.last_lsn)
                 else:
                     records, report = self._read_published(after_lsn)
-                    self._follow_head()
                 last = head.last_lsn
                 self._seek_cursor(after_lsn, records)
                 self._written_lsn = self._durable_lsn = last
@@ -377,7 +399,11 @@ class UpdateLog:
         assert head is not None
         self._cursor.close()
         path = self.directory / segment_name(head.segment)
-        self._cursor = _Cursor(head.segment, head.end, head.last_lsn, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        try:
+            fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        self._cursor = _Cursor(head.segment, head.end, head.last_lsn, fd)
 
     def _truncate(self, torn: TornTail) -> None:
         """Cut a torn tail off (zeroing it) so that new records follow the last good one."""
@@ -396,38 +422,63 @@ class UpdateLog:
         finally:
             os.close(fd)
 
-    def _open_or_start_segment(self, next_lsn: int) -> None:
-        """Recovery: map the newest segment at its clean end, or start a fresh one for `next_lsn`."""
-        segments = list_segments(self.directory)
-        if segments and self._append_end >= SEGMENT_HEADER_SIZE:
-            first, path = segments[-1]
-            self._segment = _OpenSegment.open(path, self._append_end, self.segment_size,
-                                              write_through=self._write_through)
-            self._segment_first = first
-        else:
-            self._start_segment(next_lsn, 0)
-
     def _start_segment(self, first_lsn: int, need: int) -> None:
         """Create the segment whose first record will be `first_lsn` (always fsynced but in LAZY mode)."""
         path = self.directory / segment_name(first_lsn)
-        capacity = max(self.segment_size, need + SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE)
-        self._segment = _OpenSegment.create(path, capacity, sync=self.durability is not Durability.LAZY,
+        minimum = need + SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE
+        self._segment = _OpenSegment.create(path, max(self.segment_size, minimum), need=minimum,
+                                            sync=self.durability is not Durability.LAZY,
                                             write_through=self._write_through, mode=self.file_mode)
         self._segment_first = first_lsn
         if self.durability is not Durability.LAZY:
             fsync_directory(self.directory)
 
     def _follow_head(self) -> None:
-        """Point this process's write handle at the head's segment and end (append lock held)."""
+        """Point this process's write handle at the head's segment and end, creating it if it is new."""
         head = self._head
         assert head is not None
         if self._segment is None or self._segment_first != head.segment:
             if self._segment is not None:
                 self._close_segment(self._segment)
+                self._segment = None
             path = self.directory / segment_name(head.segment)
-            self._segment = _OpenSegment.open(path, head.end, self.segment_size, write_through=self._write_through)
+            try:
+                self._segment = _OpenSegment.open(path, head.end, write_through=self._write_through)
+            except FileNotFoundError:
+                if head.end != SEGMENT_HEADER_SIZE:
+                    raise MissingSegmentError(self.directory, head.segment, head.segment, path) from None
+                self._start_segment(head.segment, 0)
             self._segment_first = head.segment
         self._segment.end = head.end
+
+    def prepare_append(self, headroom: int | None = None) -> None:
+        """Make sure of room for the next record before a write touches the Doc (append lock held).
+
+        Follows the head, cuts a dead writer's torn record, and reserves space (extending
+        the segment, or sealing it and starting the next). DiskFullError when the disk has
+        no room: the write is refused before anything changed."""
+        if headroom is None:
+            headroom = min(APPEND_HEADROOM, self.segment_size // 8)
+        head = self.lock()
+        with head:
+            if self._failure is not None:
+                raise StorageError(f"the update log failed earlier: {self._failure}") from self._failure
+            self._follow_head()
+            segment = self._segment
+            assert segment is not None
+            self._cut_torn(segment)
+            self._prepared = True
+            if segment.capacity - segment.end >= headroom + FRAME_HEADER_SIZE:
+                return
+            need = headroom + FRAME_HEADER_SIZE
+            if segment.end + need <= self.segment_size:
+                segment.reserve(self.segment_size, need)
+                return
+            at_end = self._cursor.lsn == head.last_lsn
+            self._roll(headroom)
+            if at_end:
+                self._cursor_to_segment(self._segment_first)
+                self._cursor.lsn = head.last_lsn
 
     def _close_segment(self, segment: _OpenSegment) -> None:
         with self._sync_cond:
@@ -461,7 +512,10 @@ class UpdateLog:
         records: list[Record] = []
         while cursor.lsn < target:
             if cursor.fd is None:
-                raise SegmentGoneError(self.directory, cursor.lsn + 1)
+                try:
+                    cursor.fd = os.open(self.directory / segment_name(cursor.segment), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise SegmentGoneError(self.directory, cursor.lsn + 1) from None
             current = cursor.segment == head.segment
             stop = head.end if current else os.fstat(cursor.fd).st_size
             data = os.pread(cursor.fd, max(0, stop - cursor.offset), cursor.offset)
@@ -555,32 +609,39 @@ class UpdateLog:
         with head:
             if self._failure is not None:
                 raise StorageError(f"the update log failed earlier: {self._failure}") from self._failure
-            if self._segment_first != head.segment or self._segment is None:
-                self._follow_head()
-            segment = self._segment
-            assert segment is not None
-            segment.end = head.end
+            prepared, self._prepared = self._prepared, False
             lsn = head.last_lsn + 1
             frame = encode_record(lsn, kind, payload, self._packer)
             size = len(frame)
             at_end = self._cursor.lsn == lsn - 1
+            segment = self._segment
             try:
-                self._cut_torn(segment)
-                end = segment.end + size
-                if end + FRAME_HEADER_SIZE > segment.capacity:
-                    self._roll(size)
+                if not prepared:
+                    self._follow_head()
                     segment = self._segment
                     assert segment is not None
-                    end = segment.end + size
+                    self._cut_torn(segment)
+                assert segment is not None
+                end = segment.end + size
+                if end + FRAME_HEADER_SIZE > segment.capacity:
+                    if end + FRAME_HEADER_SIZE <= self.segment_size:
+                        segment.reserve(self.segment_size, size + FRAME_HEADER_SIZE)
+                    else:
+                        self._roll(size)
+                        segment = self._segment
+                        assert segment is not None
+                        end = segment.end + size
                 mm = segment.mm
                 if mm is not None and end < segment.release_at:
                     mm[segment.end : end] = frame
                     segment.end = end
                 else:
                     segment.write(frame)
+            except DiskFullError:
+                raise
             except (OSError, ValueError) as exc:
                 self._failure = exc
-                raise StorageError(f"cannot append to {segment.path}: {exc}") from exc
+                raise StorageError(f"cannot append to {segment.path if segment else self.directory}: {exc}") from exc
             head.publish(self._segment_first, segment.end, lsn)
             if at_end:
                 cursor = self._cursor
@@ -598,15 +659,17 @@ class UpdateLog:
             return lsn
 
     def _cut_torn(self, segment: _OpenSegment) -> None:
-        """Zero the header of a record a dead writer left unpublished at the end, and report it."""
-        tail = segment.read(segment.end, FRAME_HEADER_SIZE)
-        if tail == ZERO_FRAME_HEADER:
+        """Zero the header of a record a dead writer left unpublished at the end, and report it.
+
+        Read from the file (another process may have extended it past this one's map)."""
+        tail = os.pread(segment.fd, FRAME_HEADER_SIZE, segment.end)
+        if not tail.strip(b"\x00"):
             return
         assert self._head is not None
         length = int.from_bytes(tail[:4], "little")
         log.warning("log %s: cut off a record of %d bytes at offset %d left by a writer that died mid-append",
                     segment.path, length, segment.end)
-        segment.zero(segment.end, FRAME_HEADER_SIZE)
+        os.pwrite(segment.fd, bytes(len(tail)), segment.end)
         self._head.note_torn()
         self.torn_cut += 1
 
@@ -626,6 +689,7 @@ class UpdateLog:
             self._durable_lsn = max(self._durable_lsn, head.last_lsn)
             self._sync_cond.notify_all()
         self._close_segment(old)
+        self._segment = None
         self._start_segment(head.last_lsn + 1, need)
         assert self._segment is not None
         head.publish(self._segment_first, self._segment.end, head.last_lsn)
@@ -661,17 +725,20 @@ class UpdateLog:
                 break
             else:
                 return
-        segment: _OpenSegment | None = None
+        path: Path | None = None
         try:
             head = self.lock()
             with head:
                 self._flusher_armed = False
-                self._follow_head()
-                segment = self._segment
                 upto = head.last_lsn
-            assert segment is not None
-            segment.sync()
-            self.fsync_count += 1
+                path = self.directory / segment_name(head.segment)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if upto > self._durable_lsn else None
+            if fd is not None:
+                try:
+                    _sync_file(fd)
+                finally:
+                    os.close(fd)
+                self.fsync_count += 1
             with head:
                 head.note_durable(upto)
         except (OSError, ValueError) as exc:
@@ -679,7 +746,7 @@ class UpdateLog:
                 self._failure = exc
                 self._syncing = False
                 self._sync_cond.notify_all()
-            raise StorageError(f"fsync of {segment.path if segment else self.directory} failed: {exc}") from exc
+            raise StorageError(f"fsync of {path or self.directory} failed: {exc}") from exc
         except BaseException:
             with self._sync_cond:
                 self._syncing = False
@@ -743,9 +810,9 @@ class UpdateLog:
             if head is not None and self._failure is None:
                 with head:
                     if self._open_lock is not None and self._open_lock.try_sole() and head.valid():
-                        self._follow_head()
-                        assert self._segment is not None
-                        self._segment.trim(head.end)
+                        path = self.directory / segment_name(head.segment)
+                        if path.exists() and path.stat().st_size > head.end:
+                            os.truncate(path, head.end)
         except OSError as exc:
             log.warning("could not trim the log segment at close: %s", exc)
         with self._sync_cond:
@@ -779,44 +846,66 @@ class _OpenSegment:
     fsync never has to change its size.
     """
 
-    def __init__(self, path: Path, fd: int, mm: mmap.mmap | None, end: int, capacity: int) -> None:
+    def __init__(self, path: Path, fd: int, mm: mmap.mmap | None, end: int, capacity: int,
+                 write_through: bool = False) -> None:
         self.path = path
         self.fd = fd
         self.mm = mm
+        self._write_through = write_through
         self.end = end
         self.capacity = capacity
         self._released = (end // RELEASE_CHUNK) * RELEASE_CHUNK
         self.release_at = self._released + 2 * RELEASE_CHUNK
 
     @classmethod
-    def create(cls, path: Path, capacity: int, *, sync: bool, write_through: bool = False,
+    def create(cls, path: Path, capacity: int, *, need: int, sync: bool, write_through: bool = False,
                mode: int = 0o600) -> _OpenSegment:
-        """A new segment holding just its header; the header is fsynced unless `sync` is False."""
+        """A new segment holding just its header, its space reserved (fsynced unless `sync` is False).
+
+        The space is allocated (`posix_fallocate`), not left sparse: a write into a hole of a
+        mapped file on a full disk kills the process with SIGBUS. When `capacity` cannot be
+        had, less is tried, down to `need`; DiskFullError when not even that fits."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
             header = encode_segment_header()
-            os.write(fd, header)
-            os.ftruncate(fd, capacity)
+            size = _allocate(fd, 0, capacity, max(need, len(header) + FRAME_HEADER_SIZE), path)
+            os.pwrite(fd, header, 0)
             if sync:
                 _sync_file(fd)
-            mm = None if write_through else mmap.mmap(fd, capacity)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm, len(header), capacity)
-
-    @classmethod
-    def open(cls, path: Path, end: int, capacity: int, *, write_through: bool = False) -> _OpenSegment:
-        """Reopen an existing segment whose valid records end at `end`."""
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            size = max(capacity, os.fstat(fd).st_size, end + FRAME_HEADER_SIZE)
-            os.ftruncate(fd, size)
             mm = None if write_through else mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
+            path.unlink(missing_ok=True)
             raise
-        return cls(path, fd, mm, end, size)
+        return cls(path, fd, mm, len(header), size, write_through)
+
+    @classmethod
+    def open(cls, path: Path, end: int, *, write_through: bool = False) -> _OpenSegment:
+        """Reopen an existing segment whose published records end at `end`, at its current size."""
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            mm = None if write_through or size == 0 else mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, mm, end, size, write_through)
+
+    def reserve(self, capacity: int, need: int) -> None:
+        """Allocate room for appends up to `capacity` (at least `need` bytes past the end), remapping.
+
+        DiskFullError when not even `need` bytes can be had; the segment is unchanged then."""
+        if self.capacity >= capacity:
+            return
+        size = _allocate(self.fd, self.end, capacity - self.end, need, self.path) + self.end
+        if self.mm is not None or size > 0:
+            if self.mm is not None:
+                self.mm.close()
+                self.mm = None
+            self.mm = None if self._write_through else mmap.mmap(self.fd, size)
+        self.capacity = size
+        self._released = (self.end // RELEASE_CHUNK) * RELEASE_CHUNK
+        self.release_at = self._released + 2 * RELEASE_CHUNK
 
     def fits(self, length: int) -> bool:
         """True if a frame of `length` bytes fits, leaving room for the zero end marker."""
@@ -834,19 +923,6 @@ class _OpenSegment:
             if end >= self.release_at:
                 self._release(end)
         self.end = end
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Bytes at `offset` (from the map when there is one)."""
-        if self.mm is not None:
-            return self.mm[offset : offset + length]
-        return os.pread(self.fd, length, offset)
-
-    def zero(self, offset: int, length: int) -> None:
-        """Overwrite `length` bytes at `offset` with zeros."""
-        if self.mm is not None:
-            self.mm[offset : offset + length] = bytes(length)
-        else:
-            os.pwrite(self.fd, bytes(length), offset)
 
     def trim(self, end: int) -> None:
         """Cut the file at `end` (sealing it, or tidying the preallocated zeros at the last close)."""
