@@ -224,19 +224,17 @@ def _counts(r: Replica) -> dict[str, int]:
 
 @command("verify")
 def _verify(r: Replica, p: dict[str, Any]) -> Any:
-    from .repair import scan
     from .snapshot import SnapshotStore
 
     problems: list[str] = []
     checked: dict[str, Any] = {"snapshots": 0, "snapshot_lsn": 0, "segments": 0, "records": 0}
     if r.datadir is not None:
-        with r._lock:
-            r.flush()
-            found = scan(r.datadir)
-            problems = found.problems()
-            checked = {"snapshots": len(SnapshotStore(r.datadir.snapshot_dir).paths()),
-                       "snapshot_lsn": found.snapshot_lsn, "segments": found.segments,
-                       "records": len(found.records)}
+        r.flush()
+        found = r.scan_storage()
+        problems = found.problems()
+        checked = {"snapshots": len(SnapshotStore(r.datadir.snapshot_dir).paths()),
+                   "snapshot_lsn": found.snapshot_lsn, "segments": found.segments,
+                   "records": len(found.records)}
     invalid = r.invalid_records()
     return {"checked": {**checked, **_counts(r)}, "storage_problems": problems,
             "invalid": [_json(i) for i in invalid], "ok": not problems and not invalid}

@@ -68,9 +68,11 @@ class ScanResult:
         return lines
 
 
-def salvage_segment(path: Path) -> tuple[list[Record], list[Damage]]:
-    """Every valid record of one segment, resynchronising after damage, plus the damage."""
+def salvage_segment(path: Path, limit: int | None = None) -> tuple[list[Record], list[Damage]]:
+    """Every valid record of one segment (its first `limit` bytes), resynchronising after damage, plus the damage."""
     data = path.read_bytes()
+    if limit is not None:
+        data = data[:limit]
     records: list[Record] = []
     damage: list[Damage] = []
     data_end = len(data.rstrip(b"\x00"))
@@ -104,8 +106,12 @@ def salvage_segment(path: Path) -> tuple[list[Record], list[Damage]]:
     return records, damage
 
 
-def scan(datadir: DataDir) -> ScanResult:
-    """Read every snapshot and segment without changing anything."""
+def scan(datadir: DataDir, end: tuple[int, int] | None = None) -> ScanResult:
+    """Read every snapshot and segment without changing anything.
+
+    `end` (segment, offset), from the log head of a directory in use, bounds the scan to
+    what was published when it began: later appends, and a record being written, are not
+    read (and so are never mistaken for damage)."""
     result = ScanResult()
     store = SnapshotStore(datadir.snapshot_dir)
     for lsn, path in reversed(store.paths()):
@@ -115,9 +121,14 @@ def scan(datadir: DataDir) -> ScanResult:
         elif result.snapshot_state is None and found.lsn == lsn:
             result.snapshot_state, result.snapshot_lsn = found.state, found.lsn
     by_lsn: dict[int, Record] = {}
-    for _, path in list_segments(datadir.log_dir):
+    for first, path in list_segments(datadir.log_dir):
+        if end is not None and first > end[0]:
+            break
         result.segments += 1
-        records, damage = salvage_segment(path)
+        try:
+            records, damage = salvage_segment(path, end[1] if end is not None and first == end[0] else None)
+        except FileNotFoundError:
+            continue
         result.damage += damage
         for record in records:
             by_lsn.setdefault(record.lsn, record)

@@ -29,6 +29,7 @@ from .lessons import Lessons
 from .models import InvalidRecord
 from .schema import COUNTERS, EDGES, LESSONS, META, NODES, REMOVED_NODES, SCHEMA_VERSION, TASKS
 from .records import Records
+from .repair import ScanResult, scan
 from .requests import REQUESTS, Requests
 from .snapshot import SnapshotProblem, SnapshotStore
 from .statevector import decode_state_vector
@@ -594,6 +595,22 @@ class Replica:
                     older = self._snapshots.prune()
                 removed = self._log.delete_segments_through(older) if older is not None else []
                 return CompactionReport(path, lsn, removed)
+
+    def scan_storage(self) -> ScanResult:
+        """Read every byte of the snapshots and the log as published now, for `verify`.
+
+        Holds the compaction lock (so no segment is deleted meanwhile) but neither the
+        replica's lock nor the append lock during the scan: peers' updates and other
+        processes' writes go on, and the scan stops where the log ended when it began."""
+        if self._log is None or self.datadir is None:
+            raise ReplicaError("an in-memory replica has no storage to scan")
+        guard = CompactionLock.take(self._log.directory, wait=True)
+        assert guard is not None
+        with guard:
+            head = self._log.lock()
+            with head:
+                end = (head.segment, head.end)
+            return scan(self.datadir, end)
 
     def _compact_in_background(self) -> None:
         if self._compacting.locked():

@@ -266,3 +266,23 @@ def test_a_follower_hears_another_process_write_without_reading(tmp_path: Path) 
         writer.tasks.create("elsewhere", id="T-far")
         assert wait_until(lambda: ("T-far", "process") in heard, timeout=10)
         assert "process" in updates
+
+
+def test_verify_while_another_process_writes_finds_no_damage_and_blocks_no_writer(tmp_path: Path) -> None:
+    """verify scans what was published when it began, holding neither the replica's lock nor the append lock."""
+    from replica.commands import execute
+
+    data_dir = tmp_path / "data"
+    with Replica.open(data_dir, segment_size=16 * 1024) as r:
+        worker = subprocess.Popen([sys.executable, str(WORKER), str(data_dir), "lazy", "v", "400"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        verified = 0
+        while worker.poll() is None and verified < 30:
+            result = execute(r, "verify", {})
+            assert result["ok"], result
+            verified += 1
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err[-2000:]
+        assert verified >= 3
+        assert execute(r, "verify", {})["ok"]
