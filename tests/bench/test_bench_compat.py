@@ -1,13 +1,16 @@
-"""compat benchmarks (issue 4): commits/s per durability mode, open time, lock and GraphWAL rates.
+"""compat benchmarks (issues 4 and 9): commits/s per durability mode, open time, lock and GraphWAL rates.
 
-Every figure is printed beside the older system's (cortical.got, measured on this kind of
-machine, as the issue gives them); the single PARANOID writer is also printed beside the
-disk's raw fsync rate measured in the same run. Median of 5.
+In-process figures are printed beside the older system's figures from issue 4, labelled
+"constant, measured elsewhere" (another machine and day); the single PARANOID writer is also
+printed beside the disk's raw fsync rate measured in the same run. Median of 5. Commits in
+a fresh process are measured against the older system in the same run, interleaved, when
+AGENTSTATE_BENCH_OLD_SRC names its source, else beside issue 9's constants.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import threading
@@ -21,7 +24,7 @@ import pytest
 from compat import DurabilityMode, ProcessLock, Task, TransactionManager
 from compat.graph_wal import GraphWAL, NodeType
 
-from .conftest import best_of, fsync_rate, report
+from .conftest import CONSTANT, best_of, fsync_rate, note, old_source, report, report_goal, run_commit_processes
 
 RUNS = 5
 COMMITS = 300
@@ -35,8 +38,16 @@ OLD_MODIFY_BIG_BALANCED = 1.8
 OLD_OPEN_SECONDS = 0.95
 OLD_LOCK_RATE = 3100.0
 OLD_GRAPH_WAL_RATE = 1223.0
-OLD = "old cortical.got"
+OLD = f"old cortical.got ({CONSTANT})"
 MODES = [DurabilityMode.PARANOID, DurabilityMode.BALANCED, DurabilityMode.RELAXED]
+ROUNDS = 3
+OLD_NEW_PROCESS = {
+    ("create", DurabilityMode.PARANOID): 94.0, ("create", DurabilityMode.BALANCED): 24.0,
+    ("create", DurabilityMode.RELAXED): 157.0, ("modify", DurabilityMode.PARANOID): 85.0,
+    ("modify", DurabilityMode.BALANCED): 107.0, ("modify", DurabilityMode.RELAXED): 150.0,
+}
+"""The older system in a fresh process, 300 commits, median of 3 (issue 9, another day on this kind of machine)."""
+KINDS = {"create": "create+commit", "modify": "read-modify-commit"}
 
 _fresh = count()
 
@@ -202,3 +213,27 @@ def test_graph_wal_log_add_node(tmp_path: Path) -> None:
     report("GraphWAL log_add_node/s", ours, OLD_GRAPH_WAL_RATE, "entry/s", goal=">= 10x", baseline_name=OLD)
     report("GraphWAL log_add_node/s (one fsync each)", ours, disk, "entry/s", goal="reported",
            baseline_name="raw fsync")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_commits_in_a_new_process_against_the_older_system(tmp_path: Path, mode: DurabilityMode, kind: str) -> None:
+    """Fresh process each, COMMITS commits, ROUNDS rounds; the older system interleaved when its source is given."""
+    measure_old = old_source() is not None
+    ours, old = [], []
+    for round_ in range(ROUNDS):
+        if measure_old:
+            old.append(run_commit_processes("old", tmp_path / f"old-{round_}" / "got", mode.name, kind, 1,
+                                            COMMITS).rate)
+        run = run_commit_processes("ours", tmp_path / f"ours-{round_}" / "got", mode.name, kind, 1, COMMITS)
+        assert run.ok == COMMITS, run.reasons
+        ours.append(run.rate)
+    rate = statistics.median(ours)
+    baseline = statistics.median(old) if measure_old else OLD_NEW_PROCESS[(kind, mode)]
+    name = "older system, same run" if measure_old else f"older system ({CONSTANT})"
+    ratio = report_goal(f"{KINDS[kind]}/s, {mode.name}, 1 new process", rate, baseline, "commit/s", goal=">= 10x",
+                        met=rate >= 10 * baseline, baseline_name=name)
+    if measure_old:
+        note(f"{KINDS[kind]}, {mode.name}, new process, rounds (older system / ours): "
+             + ", ".join(f"{o:,.0f} / {u:,.0f}" for o, u in zip(old, ours)) + f"; {ratio:.1f}x")
+        assert rate > baseline, "compat commits no faster than the older system in the same run"
