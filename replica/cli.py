@@ -1,7 +1,9 @@
 """The `agentstate` command: people get aligned text, scripts get `--json` and stable exit codes.
 
-Every command runs through `replica.commands`: on a replica this process opens, or, when
-`agentstate serve` holds the directory, inside that daemon over its control socket.
+Every command runs through `replica.commands`: inside a running `agentstate serve` over its
+control socket (faster), or on a replica this process opens (any number of processes may);
+the result is the same either way. Writes carry an idempotency key, so that a request the
+daemon may have run before it died is retried without being applied twice.
 Agents call this hundreds of times, so a call imports only what it needs: the daemon path
 loads argparse, json and a socket, never pycrdt or pydantic. Other packages add commands
 through the `agentstate.cli` entry point group (`register(cli)` with a `Registry`).
@@ -15,7 +17,16 @@ import os
 import sys
 from pathlib import Path
 
-from .control import ENDPOINT_FILE, ControlError, Endpoint, RemoteError, call
+from .control import (
+    ENDPOINT_FILE,
+    ControlError,
+    Endpoint,
+    NotDelivered,
+    RemoteError,
+    ReplyLost,
+    call,
+    claim_daemon_lock,
+)
 from .errors import ReplicaError
 from .exitcodes import ExitCode, exit_code_for
 
@@ -34,8 +45,16 @@ PRIORITIES = ("low", "medium", "high", "critical")
 DURABILITY_MODES = ("paranoid", "balanced", "lazy")
 TYPE_RULE = "a letter, then up to 63 letters, digits, '_', '.' or '-'"
 PLUGIN_GROUP = "agentstate.cli"
+KEYED = frozenset({
+    "task.add", "task.update", "task.rm", "graph.node.add", "graph.node.update", "graph.node.rm",
+    "graph.edge.add", "graph.edge.rm", "counter.incr", "counter.decr", "lesson.add", "compat.conflicts.resolve",
+})
+"""Commands that write: each carries its invocation's idempotency key, so a retry applies once.
+Every other command is a read, or changes nothing when run again (`import`, `migrate`, `compact`)."""
+RETRY_TIMEOUT = 10.0
+"""Seconds a retry on a restarted daemon may take before it is run here instead (still with its key)."""
 EXIT_CODES_HELP = ("exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 invalid input, "
-                   "5 data directory problem, 6 daemon unreachable, 7 conflict, 8 verify found problems")
+                   "5 data directory problem, 6 peer unreachable, 7 conflict, 8 verify found problems")
 
 
 class UsageError(Exception):
@@ -179,7 +198,8 @@ class Registry:
             "options:",
             "  --data DIR  data directory (default: $AGENTSTATE_DATA, else ./.agentstate);",
             "              created on first use",
-            "  --debug     show tracebacks for internal errors",
+            "  --debug     show tracebacks for internal errors, and how a command",
+            "              reached the directory (daemon, retry, here)",
             "  -h, --help  show this help",
             "",
             "commands:",
@@ -246,11 +266,16 @@ class Session:
         self.path = Path(data).expanduser().resolve()
         self.debug = debug
 
+    def note(self, text: str) -> None:
+        """Say on stderr, with --debug only, how a command reached the directory."""
+        if self.debug:
+            print(f"agentstate: {text}", file=sys.stderr)
+
     def endpoint(self) -> Endpoint | None:
         """The running daemon's endpoint, if one published it and its process is alive.
 
-        Never touches the directory lock: probing it by taking it could make a `serve`
-        that is just starting fail. A daemon.json naming a dead process is removed.
+        A daemon.json naming a dead process is removed, under the daemon lock, so that the
+        file a restarted daemon has just published is never the one removed.
         """
         path = self.path / ENDPOINT_FILE
         endpoint = Endpoint.read(path)
@@ -259,53 +284,87 @@ class Session:
         try:
             os.kill(endpoint.pid, 0)
         except ProcessLookupError:
-            if Endpoint.read(path) == endpoint:
-                path.unlink(missing_ok=True)
+            self._remove_stale(endpoint)
             return None
         except PermissionError:
             pass
         return endpoint
 
-    def run(self, name: str, params: dict[str, Any]) -> Any:
-        """Run a command via the daemon if one holds the directory, else on a replica opened here.
+    def _remove_stale(self, endpoint: Endpoint) -> None:
+        """Remove daemon.json if it still names the dead `endpoint` and no daemon holds the lock."""
+        try:
+            claim = claim_daemon_lock(self.path)
+        except OSError:
+            return
+        if claim is None:
+            return
+        try:
+            path = self.path / ENDPOINT_FILE
+            if Endpoint.read(path) == endpoint:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(claim)
 
-        The directory is created on first use, as `Replica.open` does.
+    def run(self, name: str, params: dict[str, Any], *, key: str | None = None, here: bool = False) -> Any:
+        """Run a command in the daemon if one serves the directory (faster), else on a replica opened here.
+
+        What the daemon certainly did not run (no daemon, refused, too large to send) runs
+        here. What it may have run (sent whole, no complete reply) is retried with the same
+        idempotency `key`: on a restarted daemon if one is published, else here; either way
+        `commands.execute` returns the stored result instead of writing twice. Commands
+        without a key are safe to run again. `here` skips the daemon (large payloads).
         """
-        endpoint = self.endpoint()
-        unreachable: ControlError | None = None
+        endpoint = None if here else self.endpoint()
         if endpoint is not None:
+            self.note(f"sending {name} to the daemon (pid {endpoint.pid})" + (f" with key {key}" if key else ""))
             try:
-                return call(endpoint, name, params)
-            except ControlError as error:
-                unreachable = error
+                return call(endpoint, name, params, key=key)
+            except NotDelivered as error:
+                self.note(f"not run by the daemon ({error}); running {name} here")
+            except ReplyLost as error:
+                self.note(f"{error}; {name} may have run there: retrying" + (f" with key {key}" if key else ""))
+                again = self.endpoint()
+                if again is not None and again != endpoint:
+                    self.note(f"retrying {name} on the restarted daemon (pid {again.pid})")
+                    try:
+                        return call(again, name, params, key=key, timeout=RETRY_TIMEOUT)
+                    except ControlError as retry_error:
+                        self.note(f"the restarted daemon did not answer either ({retry_error})")
+                self.note(f"retrying {name} here")
+        return self.run_here(name, params, key)
+
+    def run_here(self, name: str, params: dict[str, Any], key: str | None = None) -> Any:
+        """Run a command on a replica this process opens (created on first use, as `Replica.open` does)."""
         from . import commands
-        from .errors import DataDirLockedError
         from .replica import Replica
 
+        replica = Replica.open(self.path)
         try:
-            replica = Replica.open(self.path)
-        except DataDirLockedError:
-            if unreachable is not None:
-                raise unreachable from None
-            raise
-        try:
-            return commands.execute(replica, name, params)
+            return commands.execute(replica, name, params, key=key)
         finally:
             replica.close()
 
 
 class Invocation:
-    """One run of a command: the session and the parsed arguments."""
+    """One run of a command: the session, the parsed arguments and the invocation's idempotency key."""
 
-    __slots__ = ("session", "args")
+    __slots__ = ("session", "args", "_key")
 
     def __init__(self, session: Session, args: argparse.Namespace) -> None:
         self.session = session
         self.args = args
+        self._key: str | None = None
 
-    def run(self, name: str, params: dict[str, Any]) -> Any:
-        """Run command `name` with `params` (see `Session.run`)."""
-        return self.session.run(name, params)
+    @property
+    def key(self) -> str:
+        """This invocation's idempotency key: random, made once, sent with every write it runs."""
+        if self._key is None:
+            self._key = os.urandom(16).hex()
+        return self._key
+
+    def run(self, name: str, params: dict[str, Any], *, here: bool = False) -> Any:
+        """Run command `name` with `params` (see `Session.run`); writes carry the invocation's key."""
+        return self.session.run(name, params, key=self.key if name in KEYED else None, here=here)
 
 
 # ---------------------------------------------------------------------------------- output
@@ -442,9 +501,12 @@ def init_cmd(inv: Invocation) -> None:
                  help="when writes reach the disk: paranoid (each fsynced), balanced (fsync within 50 ms), "
                       "lazy (the OS decides); default balanced"),
              plugins=True,
-             description="While it runs, every other `agentstate` command on this directory is carried out\n"
-                         "by it, over a Unix socket in the directory that only its owner can use.\n"
-                         "Stop it with Ctrl-C or SIGTERM: it flushes and closes the replica.")
+             description="It is one more process on the directory: other processes may open it too, and it\n"
+                         "relays what they write to its peers. While it runs, other `agentstate` commands\n"
+                         "on this directory are carried out by it for speed (same results), over a Unix\n"
+                         "socket in the directory that only its owner can use; `import` runs in its own\n"
+                         "process. One daemon per directory. Stop it with Ctrl-C or SIGTERM: it flushes\n"
+                         "and closes the replica.")
 def serve_cmd(inv: Invocation) -> None:
     """Run the daemon in the foreground until SIGTERM or Ctrl-C."""
     import asyncio
@@ -464,7 +526,7 @@ def serve_cmd(inv: Invocation) -> None:
         status = d.service_status()
         for note in cli.serve_notes:
             lines += [f"  {line}" for line in note(options, status)]
-        lines += [f"  other agentstate commands on this directory run here (control socket "
+        lines += [f"  other agentstate commands on this directory run here for speed (control socket "
                   f"{d.control.path if d.control else ''}, owner only)",
                   f"  stop: Ctrl-C here, or kill -TERM {os.getpid()}"]
         print("\n".join(lines), file=sys.stderr)
@@ -813,10 +875,13 @@ def export_cmd(inv: Invocation) -> None:
 
 
 @cli.command("import", "Merge a Yjs update file (from `export`) into this replica and say what was new.",
-             Arg("file", metavar="FILE", help="the update file (`-`: stdin)"),
-             json_arg("whether anything changed and the record counts before and after"))
+             Arg("file", metavar="FILE", help="the update file (`-`: stdin), any size"),
+             json_arg("whether anything changed and the record counts before and after"),
+             description="This process applies the file on the directory itself, daemon or not (a running\n"
+                         "daemon reads it from the shared log and relays it to its peers). Importing the\n"
+                         "same file again changes nothing.")
 def import_cmd(inv: Invocation) -> None:
-    """Import an update."""
+    """Import an update here, never through the daemon: a file of any size needs no trip over the socket."""
     import base64
 
     name = inv.args.file
@@ -824,7 +889,9 @@ def import_cmd(inv: Invocation) -> None:
         update = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {name}: {exc.strerror}") from None
-    result = inv.run("import", {"update": base64.b64encode(update).decode(), "origin": f"import:{name}"})
+    encoded = base64.b64encode(update).decode()
+    del update
+    result = inv.run("import", {"update": encoded, "origin": f"import:{name}"}, here=True)
 
     def render(d: dict[str, Any]) -> None:
         if not d["changed"]:

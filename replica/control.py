@@ -2,10 +2,13 @@
 
 `agentstate serve` listens on a Unix socket in the data directory (mode 0600). A request
 is one short header line, `AGENTSTATE/1 <token> <body-bytes>\\n`, then a JSON body
-`{"command", "params"}` of exactly that many bytes; the reply is one JSON line
-`{"ok", "result"|"error"}`. The daemon checks the caller's uid (SO_PEERCRED) before it
-reads a byte and the token before it reads the body, so a stranger never gets it to
-buffer more than the header. The token is in daemon.json, readable by the owner only.
+`{"command", "params", "key"?}` of exactly that many bytes (`key`: the write's idempotency
+key); the reply is one JSON line `{"ok", "result"|"error"}`, and an error with
+`"refused": true` means the request was turned away before it ran. The daemon checks the
+caller's uid (SO_PEERCRED) before it reads a byte and the token before it reads the body,
+so a stranger never gets it to buffer more than the header. The token is in daemon.json,
+readable by the owner only. The client says whether a failed call certainly did not run
+(`NotDelivered`) or may have (`ReplyLost`), so the CLI never blindly runs a write twice.
 This module imports neither asyncio nor the replica: the CLI's daemon path stays fast.
 """
 
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 
 ENDPOINT_FILE = "daemon.json"
 SOCKET_FILE = "daemon.sock"
+DAEMON_LOCK_FILE = "daemon.lock"
+"""Held (flock, exclusive) by the serving daemon for its life: one daemon per directory, and
+only a holder may publish or remove daemon.json, so a stale file is never removed over a new one."""
 MAGIC = b"AGENTSTATE/1"
 MAX_HEADER = 256
 """Bytes of header line read before the token is checked (the token and length fit in 100)."""
@@ -34,6 +40,8 @@ MAX_DEPTH = 64
 """Deepest JSON nesting accepted in a request body (no command needs more than a few levels)."""
 MAX_REPLY = 1024 * 1024 * 1024
 """Largest reply the client reads (a whole-state `export` of a very large board)."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds a client waits to connect (a live daemon accepts at once; a stopped one is given up on)."""
 _SUN_PATH_MAX = 100
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
@@ -42,6 +50,14 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 class ControlError(ReplicaError):
     """The daemon could not be reached, or its reply was unusable."""
+
+
+class NotDelivered(ControlError):
+    """The daemon certainly did not run the request: no connection, not all of it sent, or refused unread."""
+
+
+class ReplyLost(ControlError):
+    """The whole request was sent but no complete reply came back: the daemon may have run it."""
 
 
 class RemoteError(ReplicaError):
@@ -96,6 +112,28 @@ class Endpoint:
             return None
 
 
+def claim_daemon_lock(home: Path, patience: float = 0.0) -> int | None:
+    """A descriptor holding `home`'s daemon lock, or None if another process keeps it for `patience` seconds.
+
+    A daemon holds it for its life; a CLI removing a stale daemon.json holds it for an instant.
+    The kernel releases it when the holder dies, so a killed daemon never blocks the next."""
+    import fcntl
+    import time
+
+    fd = os.open(home / DAEMON_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + patience
+    for _ in range(int(patience / 0.01) + 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+    os.close(fd)
+    return None
+
+
 def socket_address(path: str) -> tuple[str, int | None]:
     """An address connect()/bind() accept for `path`, and a directory fd to close afterwards.
 
@@ -109,9 +147,21 @@ def socket_address(path: str) -> tuple[str, int | None]:
     return f"/proc/self/fd/{fd}/{name}", fd
 
 
-def encode_request(token: str, command: str, params: dict[str, Any]) -> bytes:
+def encode_body(command: str, params: dict[str, Any], key: str | None = None) -> bytes:
+    """The JSON body of a request; `key` is the write's idempotency key (None for reads)."""
+    request: dict[str, Any] = {"command": command, "params": params}
+    if key is not None:
+        request["key"] = key
+    return json.dumps(request).encode()
+
+
+def encode_request(token: str, command: str, params: dict[str, Any], key: str | None = None) -> bytes:
     """Header line plus JSON body, as the daemon expects them."""
-    body = json.dumps({"command": command, "params": params}).encode()
+    return frame(token, encode_body(command, params, key))
+
+
+def frame(token: str, body: bytes) -> bytes:
+    """A body behind its header line."""
     return MAGIC + b" " + token.encode() + b" " + str(len(body)).encode() + b"\n" + body
 
 
@@ -149,8 +199,8 @@ def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
     raise RequestError(f"bad request: JSON nested deeper than {limit} levels")
 
 
-def parse_body(body: bytes) -> tuple[str, dict[str, Any]]:
-    """The command and params of a request body (depth checked first)."""
+def parse_body(body: bytes) -> tuple[str, dict[str, Any], str | None]:
+    """The command, params and idempotency key (or None) of a request body (depth checked first)."""
     check_depth(body)
     try:
         request = json.loads(body)
@@ -162,12 +212,15 @@ def parse_body(body: bytes) -> tuple[str, dict[str, Any]]:
     params = request.get("params", {})
     if not isinstance(command, str) or not isinstance(params, dict):
         raise RequestError("bad request: the body needs a command (string) and params (object)")
-    return command, params
+    key = request.get("key")
+    if key is not None and not isinstance(key, str):
+        raise RequestError("bad request: the key must be a string")
+    return command, params, key
 
 
 def refusal(message: str, exit_code: int = 4, error_type: str = "ControlError") -> bytes:
-    """One reply line saying why a request was refused."""
-    error = {"type": error_type, "message": message, "exit_code": exit_code}
+    """One reply line saying why a request was refused before it ran (`refused`: the client may run it elsewhere)."""
+    error = {"type": error_type, "message": message, "exit_code": exit_code, "refused": True}
     return json.dumps({"ok": False, "error": error}).encode() + b"\n"
 
 
@@ -186,30 +239,54 @@ def _read_reply(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def call(endpoint: Endpoint, command: str, params: dict[str, Any], timeout: float = 60.0) -> Any:
-    """Send one command to a daemon and return its result; RemoteError if it failed or was refused there."""
-    request = encode_request(endpoint.token, command, params)
+def call(endpoint: Endpoint, command: str, params: dict[str, Any], *, key: str | None = None,
+         timeout: float = 60.0) -> Any:
+    """Send one command to a daemon and return its result; RemoteError if it ran there and failed.
+
+    NotDelivered when it certainly did not run (too large to send, no connection, sent in
+    part, refused unread); ReplyLost when it was sent whole and no complete reply came
+    (the daemon died or hung): it may have run, so only a retry with the same `key` is safe.
+    """
+    body = encode_body(command, params, key)
+    if len(body) > MAX_BODY:
+        raise NotDelivered(f"request too large for the control channel: {len(body)} bytes (at most {MAX_BODY})")
+    request = frame(endpoint.token, body)
+    del body
     address, dir_fd = socket_address(endpoint.socket)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(min(timeout, CONNECT_TIMEOUT))
+            try:
+                sock.connect(address)
+            except OSError as exc:
+                raise NotDelivered(f"cannot reach the daemon at {endpoint.socket}: {exc}") from exc
             sock.settimeout(timeout)
-            sock.connect(address)
+            whole = True
             try:
                 sock.sendall(request)
-            except BrokenPipeError:
-                pass
-            raw = _read_reply(sock)
-    except OSError as exc:
-        raise ControlError(f"cannot reach the daemon at {endpoint.socket}: {exc}") from exc
+            except OSError:
+                whole = False
+            try:
+                raw = _read_reply(sock)
+            except OSError as exc:
+                raw = b""
+                if whole:
+                    raise ReplyLost(f"no reply from the daemon at {endpoint.socket}: {exc}") from exc
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
     try:
-        reply = json.loads(raw)
-    except ValueError as exc:
-        raise ControlError(f"the daemon sent an unreadable reply: {exc}") from exc
+        reply = json.loads(raw) if raw.endswith(b"\n") else None
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        if whole:
+            raise ReplyLost(f"the daemon at {endpoint.socket} closed the connection without a complete reply")
+        raise NotDelivered(f"the daemon at {endpoint.socket} stopped reading the request")
     if reply.get("ok"):
         return reply.get("result")
     error = reply.get("error") or {}
+    if error.get("refused") is True:
+        raise NotDelivered(f"the daemon refused the request: {error.get('message', '')}")
     raise RemoteError(str(error.get("type", "Error")), str(error.get("message", "failed")),
                       int(error.get("exit_code", 1)))

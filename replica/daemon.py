@@ -26,6 +26,7 @@ from . import commands
 from .control import (
     ENDPOINT_FILE,
     MAX_HEADER,
+    claim_daemon_lock,
     SOCKET_FILE,
     Endpoint,
     RequestError,
@@ -35,7 +36,7 @@ from .control import (
     socket_address,
 )
 from .durability import Durability
-from .errors import DataDirLockedError, ReplicaError
+from .errors import ReplicaError
 from .exitcodes import ExitCode, exit_code_for
 from .replica import Replica
 from .services import Service, register_service, start_services, stop_services
@@ -44,13 +45,28 @@ __all__ = ["ControlServer", "Daemon", "Service", "error_reply", "register_servic
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Dispatch = Callable[[str, dict[str, Any], "str | None"], Awaitable[Any]]
+"""Runs (command, params, idempotency key or None) and returns the result."""
 MAX_CONNECTIONS = 16
 """Control connections served at once; more are refused (the CLI opens one per command)."""
 HEADER_TIMEOUT = 5.0
 """Seconds a connection may take to send its header line (a client sends it at once)."""
+CLAIM_PATIENCE = 1.0
+"""Seconds a starting daemon waits for the daemon lock when no live daemon is published (a CLI
+removing a stale daemon.json holds it for an instant)."""
 BODY_TIMEOUT = 30.0
 """Seconds an authenticated client may take to send its body (64 MiB takes well under one)."""
+
+
+def _alive(pid: int) -> bool:
+    """True if process `pid` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def error_reply(exc: BaseException) -> dict[str, Any]:
@@ -155,12 +171,12 @@ class ControlServer:
                 raise RequestError(f"bad request: the connection closed before the {length}-byte body") from None
             except asyncio.TimeoutError:
                 raise RequestError(f"timed out: the body did not arrive within {self.body_timeout:g} s") from None
-            command, params = parse_body(body)
+            command, params, key = parse_body(body)
             del body
         except RequestError as exc:
             return refusal(str(exc), exc.exit_code)
         try:
-            result = await self._dispatch(command, params)
+            result = await self._dispatch(command, params, key)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -197,16 +213,20 @@ class Daemon:
         self.control: ControlServer | None = None
         self._stop = asyncio.Event()
         self._endpoint_path: Path | None = None
+        self._claim: int | None = None
 
-    async def dispatch(self, name: str, params: dict[str, Any]) -> Any:
-        """Run a command: service commands first, then the replica's own, off the event loop."""
+    async def dispatch(self, name: str, params: dict[str, Any], key: str | None = None) -> Any:
+        """Run a command: service commands first (reads), then the replica's own, off the event loop.
+
+        A write's idempotency `key` goes to `commands.execute`: a retry of a request this or
+        any other process already ran returns the stored result and writes nothing."""
         assert self.replica is not None
         for service in self.services:
             handler = getattr(service, "commands", {}).get(name) if hasattr(service, "commands") else None
             if handler is not None:
                 result = handler(params)
                 return await result if asyncio.iscoroutine(result) else result
-        result = await asyncio.to_thread(commands.execute, self.replica, name, params)
+        result = await asyncio.to_thread(commands.execute, self.replica, name, params, key=key)
         if name == "status":
             result["daemon"] = {"pid": os.getpid(), "started_at": self.started_at,
                                 "socket": str(self.control.path) if self.control else None}
@@ -223,8 +243,15 @@ class Daemon:
         self._stop.set()
 
     async def run(self, ready: Callable[[Daemon], None] | None = None) -> None:
-        """Open, serve until stopped, then flush and release everything."""
-        self.replica = await self._open()
+        """Claim the directory's daemon lock, open, serve until stopped, then flush and release everything.
+
+        Opening never waits: any number of processes may have the directory open."""
+        self._claim_directory()
+        try:
+            self.replica = Replica.open(self.path, durability=self.durability)
+        except BaseException:
+            self._release_claim()
+            raise
         try:
             for line in self.replica.open_report.warnings:
                 log.warning("recovery: %s", line)
@@ -249,19 +276,23 @@ class Daemon:
         finally:
             await self._shutdown()
 
-    async def _open(self, patience: float = 10.0) -> Replica:
-        """Open the replica, waiting a little if a one-shot command holds the directory right now."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + patience
-        while True:
-            try:
-                return Replica.open(self.path, durability=self.durability)
-            except DataDirLockedError as error:
-                holder = error.holder.get("pid")
-                if loop.time() >= deadline or Endpoint.read(self.path / ENDPOINT_FILE) is not None:
-                    raise
-                log.info("waiting for pid %s to release %s", holder, self.path)
-                await asyncio.sleep(0.05)
+    def _claim_directory(self) -> None:
+        """Take the daemon lock, or say which daemon already serves this directory."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        other = Endpoint.read(self.path / ENDPOINT_FILE)
+        if other is not None and not _alive(other.pid):
+            other = None
+        self._claim = claim_daemon_lock(self.path, patience=0.0 if other is not None else CLAIM_PATIENCE)
+        if self._claim is None:
+            who = f" (pid {other.pid})" if other is not None else ""
+            raise ReplicaError(f"another `agentstate serve`{who} is already serving {self.path}; "
+                               "one daemon per directory")
+
+    def _release_claim(self) -> None:
+        """Let the next `serve` have the directory (the kernel does the same if this process dies)."""
+        if self._claim is not None:
+            os.close(self._claim)
+            self._claim = None
 
     async def _shutdown(self) -> None:
         await stop_services(self.services)
@@ -270,6 +301,9 @@ class Daemon:
             self._endpoint_path.unlink(missing_ok=True)
         if self.control is not None:
             await self.control.stop()
-        if self.replica is not None:
-            self.replica.close()
-            log.info("replica %s flushed and closed", self.replica.replica_id)
+        try:
+            if self.replica is not None:
+                self.replica.close()
+                log.info("replica %s flushed and closed", self.replica.replica_id)
+        finally:
+            self._release_claim()
