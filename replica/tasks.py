@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -11,6 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .changes import ChangeEvent
 from .errors import AlreadyExistsError, FieldError, InvalidRecordError, NotFoundError
+from .history import FieldConflict, WriteHistory, WriteRecord, join
 from .models import (
     InvalidRecord,
     Priority,
@@ -30,6 +33,39 @@ if TYPE_CHECKING:
 
 SCALAR_FIELDS = ("title", "description", "status", "priority", "owner")
 _SCALAR_NAMES = frozenset(SCALAR_FIELDS)
+STRATEGIES = ("ours", "theirs", "merge")
+"""How a task conflict is settled: our side's values, the other side's, or the merged
+(last-writer-wins) values the board shows now, unless values are given."""
+DELETED = "__deleted__"
+
+
+KEPT_VALUE_BYTES = 1024
+"""A field value longer than this (as JSON) is kept in write records as a digest, not whole."""
+
+
+def _kept(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What a write record keeps of each value: itself, or a digest when long (see KEPT_VALUE_BYTES)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        text = json.dumps(value, sort_keys=True, default=str)
+        if len(text) > KEPT_VALUE_BYTES:
+            out[name] = {"sha256": hashlib.sha256(text.encode()).hexdigest()[:32], "bytes": len(text)}
+        else:
+            out[name] = value
+    return out
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"sha256", "bytes"}
+
+
+def _flat(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's conflict-relevant fields flat: scalars and `properties.<key>`."""
+    flat = {name: data.get(name) for name in SCALAR_FIELDS}
+    props = data.get("properties")
+    if isinstance(props, Mapping):
+        flat.update({f"properties.{k}": v for k, v in props.items()})
+    return flat
 
 
 def new_task_id() -> str:
@@ -74,6 +110,8 @@ class TaskBoard:
     def __init__(self, access: DocAccess) -> None:
         self._access = access
         self._root = access.doc.get(TASKS, type=Map)
+        self.history = WriteHistory(access, TASKS)
+        """Write records of every task write (conflicts are found there, see replica/history.py)."""
 
     def __len__(self) -> int:
         with self._access.read():
@@ -114,6 +152,7 @@ class TaskBoard:
         with self._access.write():
             if task_id in self._root:
                 raise AlreadyExistsError("task", task_id)
+            self.history.record(task_id, _kept({**fields, **{f"properties.{k}": v for k, v in props.items()}}), {}, None)
             self._root[task_id] = Map(
                 {
                     **fields,
@@ -177,6 +216,10 @@ class TaskBoard:
                 raise InvalidRecordError("task", task_id, ["record is not a map"])
             for name, value in scalars.items():
                 entry[name] = value
+            recorded = dict(scalars)
+            recorded.update({f"properties.{k}": v for k, v in props.items()})
+            recorded.update({f"properties.{k}": None for k in drop_props})
+            self.history.record(task_id, _kept(recorded), {}, None)
             for name, replacement in sets.items():
                 self._replace_set(entry, name, replacement)
             if adds or removes:
@@ -218,6 +261,7 @@ class TaskBoard:
         with self._access.write():
             if task_id not in self._root:
                 raise NotFoundError("task", task_id)
+            self.history.record(task_id, {}, None, None)
             del self._root[task_id]
 
     def get(self, task_id: str) -> Task:
@@ -278,6 +322,120 @@ class TaskBoard:
     def invalid(self) -> list[InvalidRecord]:
         """Stored tasks that fail validation (typically junk from a peer), with what is wrong."""
         return self._scan()[1]
+
+    # -- conflicts -------------------------------------------------------------------------
+
+    def conflicts(self, task_id: str | None = None, *, include_settled: bool = False) -> list[FieldConflict]:
+        """Concurrent writes of one task field to different values, the same on every synced replica."""
+        return self.history.conflicts(task_id, include_settled=include_settled)
+
+    def find_conflict(self, conflict_id: str) -> FieldConflict:
+        """A task conflict by id (settled or not); NotFoundError otherwise."""
+        return self.history.find_conflict(conflict_id)
+
+    def last_writers(self, task_id: str, count: int = 5) -> list[WriteRecord]:
+        """The newest write records of a task (who wrote which fields, when), newest last."""
+        return self.history.history(task_id)[-count:]
+
+    def sides(self, conflict: FieldConflict) -> tuple[WriteRecord, WriteRecord]:
+        """(ours, theirs): this replica's side when exactly one is, else the side the board shows now."""
+        mine = self._access.replica_id
+        left, right = conflict.left, conflict.right
+        left_mine = left.writer.rsplit(".", 1)[0] == mine
+        right_mine = right.writer.rsplit(".", 1)[0] == mine
+        if left_mine != right_mine:
+            return (left, right) if left_mine else (right, left)
+        with self._access.read():
+            entry = self._root.get(conflict.record_id)
+            current = _flat(record_dict(entry)) if isinstance(entry, Map) else None
+        if current is None:
+            return (left, right) if left.deleted or not right.deleted else (right, left)
+        current = _kept(current)
+        score = sum((left.fields.get(f) == current.get(f)) - (right.fields.get(f) == current.get(f))
+                    for f in conflict.fields if f != DELETED)
+        return (left, right) if score >= 0 else (right, left)
+
+    def resolve(self, conflict_id: str, strategy: str = "ours", values: Mapping[str, Any] | None = None) -> Task | None:
+        """Settle a task conflict: one write dominating both sides that names it (None if the task ends deleted).
+
+        `strategy` is ours, theirs or merge (see STRATEGIES); `values` (field -> value, with
+        `properties.<key>` for properties) override the chosen side field by field. Settling
+        an already settled conflict changes nothing; replicas settling it at once converge."""
+        if strategy not in STRATEGIES:
+            raise FieldError("conflict", "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        extra = dict(values or {})
+        unknown = [f for f in extra if f not in _SCALAR_NAMES and not f.startswith("properties.")]
+        if unknown:
+            raise FieldError("conflict", "values", f"not task fields: {', '.join(sorted(unknown))}")
+        for name in list(extra):
+            if name in _SCALAR_NAMES:
+                extra[name] = _scalar(name, extra[name])
+        with self._access.write():
+            conflict = self.find_conflict(conflict_id)
+            if self.history.is_settled(conflict):
+                return self.find(conflict.record_id)
+            ours, theirs = self.sides(conflict)
+            entry = self._root.get(conflict.record_id)
+            current = _flat(record_dict(entry)) if isinstance(entry, Map) else {}
+            if strategy == "merge":
+                chosen = {f: current.get(f) for f in conflict.fields if f != DELETED}
+                delete = not isinstance(entry, Map) and not extra
+            else:
+                side = ours if strategy == "ours" else theirs
+                chosen = {f: side.fields.get(f) for f in conflict.fields if f != DELETED and f in side.fields}
+                delete = side.deleted and not extra
+            chosen.update(extra)
+            lost = []
+            for name, value in list(chosen.items()):
+                if _is_digest(value):
+                    if _kept({name: current.get(name)})[name] == value:
+                        chosen[name] = current.get(name)
+                    else:
+                        lost.append(name)
+            if lost:
+                raise FieldError("conflict", "values", f"the chosen side's {', '.join(lost)} was longer than "
+                                 f"{KEPT_VALUE_BYTES} bytes and is no longer on the board: give its value")
+            base = join([self.history.clock(conflict.record_id), conflict.left.clock, conflict.right.clock])
+            if delete:
+                self.history.record(conflict.record_id, {}, None, base, (conflict.id,))
+                if conflict.record_id in self._root:
+                    del self._root[conflict.record_id]
+                return None
+            if not isinstance(entry, Map):
+                entry = self._revive(conflict.record_id)
+            self._apply_flat(entry, chosen)
+            entry["updated_at"] = iso_now()
+            self.history.record(conflict.record_id, _kept(chosen), {}, base, (conflict.id,))
+        return self.get(conflict.record_id)
+
+    def _revive(self, task_id: str) -> Map:
+        """Recreate a deleted task from the newest value each field had in its write records."""
+        known: dict[str, Any] = {}
+        for write in self.history.history(task_id):
+            known.update(write.fields)
+        now = iso_now()
+        entry = self._root[task_id] = Map({
+            "title": known.get("title") or task_id, "description": known.get("description") or "",
+            "status": known.get("status") or TaskStatus.PENDING.value,
+            "priority": known.get("priority") or Priority.MEDIUM.value, "owner": known.get("owner"),
+            "created_at": now, "updated_at": now, "created_by": self._access.replica_id,
+            "tags": as_set_map([]), "depends_on": as_set_map([]), "properties": Map(),
+        })
+        self._apply_flat(entry, {k: v for k, v in known.items() if k.startswith("properties.")})
+        return entry
+
+    def _apply_flat(self, entry: Map, values: Mapping[str, Any]) -> None:
+        for name, value in values.items():
+            if name.startswith("properties."):
+                bag = self._nested(entry, "properties")
+                key = name.split(".", 1)[1]
+                if value is None:
+                    if key in bag:
+                        del bag[key]
+                else:
+                    bag[key] = value
+            elif name in _SCALAR_NAMES:
+                entry[name] = value
 
     def translate(self, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
         """Turn pycrdt deep events on the tasks root into typed change events."""

@@ -27,7 +27,7 @@ from replica.repair import repair, scan
 
 from .helpers import exchange, flip_byte, read_records, segments, task_ids
 
-SEGMENT_SIZE = 2048
+SEGMENT_SIZE = 4096
 PAD = "p" * 150
 
 
