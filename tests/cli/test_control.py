@@ -106,6 +106,7 @@ def test_socket_and_endpoint_file_are_owner_only(agentstate: Agentstate, served:
     assert stat.S_ISSOCK(os.stat(ep.socket).st_mode)
     assert stat.S_IMODE(os.stat(ep.socket).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(agentstate.data / "daemon.json").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(agentstate.data / "daemon.lock").st_mode) == 0o600
 
 
 def test_strangers_requests_are_refused_clearly_and_memory_stays_put(served: tuple[Endpoint, int]) -> None:
