@@ -150,8 +150,8 @@ class WriteHistory:
     Layouts: `flat` (record collections, as first released) keys each write record
     `record|writer|seq`; `slots` (tasks, nodes, edges) keys one Y.Array per record and
     writer incarnation, `record|writer`, appended only by that writer, so no two replicas
-    ever create the same key, and compaction deletes array items, whose tombstones Yjs
-    merges into ranges (a unique key per write would cost about 27 bytes for ever)."""
+    ever create the same key; compaction deletes array items (a unique key per write would
+    leave a key tombstone of about 27 bytes for ever)."""
 
     def __init__(self, access: DocAccess, name: str, *, ignore_fields: Iterable[str] = (),
                  compact: bool = True, layout: str = "slots") -> None:
@@ -167,6 +167,7 @@ class WriteHistory:
         self._clocks: dict[str, Clock] = {}
         self._dirty: set[str] = set()
         self._since_compaction: dict[str, int] = {}
+        self._slot_cache: dict[str, Array] = {}
         access.keep_subscription(observe_touched(self._writes, self._on_writes))
 
     @property
@@ -265,16 +266,20 @@ class WriteHistory:
             body["version"] = version
         if self._slots:
             slot_key = f"{record_id}|{self.writer}"
-            slot = self._writes.get(slot_key)
-            if not isinstance(slot, Array):
-                slot = self._writes[slot_key] = Array()
+            slot = self._slot_cache.get(record_id)
+            if slot is None:
+                slot = self._writes.get(slot_key)
+                if not isinstance(slot, Array):
+                    slot = self._writes[slot_key] = Array()
+                self._slot_cache[record_id] = slot
             slot.append(body)
             key = f"{slot_key}|{seq}"
         else:
             key = f"{record_id}|{self.writer}|{seq}"
             self._writes[key] = body
-        parsed = WriteRecord.parse(key, body)
-        assert parsed is not None
+        parsed = WriteRecord(key, record_id, self.writer, seq, seen, body["at"],
+                             {name: (data or {}).get(name) for name in fields} if name_fields else dict(fields),
+                             data, tuple(resolves), version)
         self._clocks[record_id] = join([self._clocks.get(record_id, {}), seen])
         if self._compact and self._slots:
             count = self._since_compaction.get(record_id, 0) + 1
@@ -324,15 +329,19 @@ class WriteHistory:
         return len(drop)
 
     def _delete(self, record_id: str, keys: set[str]) -> None:
-        """Delete the write records named `keys` (slot items, or flat entries)."""
+        """Delete the write records named `keys` (slot items, or flat entries).
+
+        Another writer's slot loses items, never its key: only a slot's writer may delete
+        the key, since it may be appending to it at this very moment elsewhere."""
         for key in list(self._keys().get(record_id, ())):
             value = self._writes.get(key)
             if isinstance(value, Array):
                 items = value.to_py() or []
                 doomed = [i for i, item in enumerate(items)
                           if isinstance(item, dict) and f"{key}|{_seq_text(item.get('seq'))}" in keys]
-                if len(doomed) == len(items):
+                if len(doomed) == len(items) and key.endswith(f"|{self.writer}"):
                     del self._writes[key]
+                    self._slot_cache.pop(record_id, None)
                     continue
                 for index in reversed(doomed):
                     del value[index]
