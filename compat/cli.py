@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from replica.cli import Arg, Invocation, Registry, emit, json_arg, parse_props, print_table
-from replica.commands import command
+from replica.commands import command, execute
 from replica.exitcodes import ExitCode, register_exit_code
 
 TYPE_CHECKING = False
@@ -47,7 +47,11 @@ def conflicts_list(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any]:
     found = ConflictResolver().recorded_conflicts(
         replica, params.get("entity_id"), include_settled=bool(params.get("all", False))
     )
-    return {"conflicts": [c.to_dict() for c in found]}
+    native = execute(replica, "task.conflicts", {"id": None, "all": bool(params.get("all", False))})["conflicts"]
+    if params.get("entity_id"):
+        native = [c for c in native if c["entity_id"] == params["entity_id"]]
+    merged = [c.to_dict() for c in found] + native
+    return {"conflicts": sorted(merged, key=lambda c: (c["entity_id"], c["conflict_id"]))}
 
 
 @command("compat.conflicts.show")
@@ -57,6 +61,8 @@ def conflicts_show(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any]:
     from compat.versioned_store import entities_for
 
     entities = entities_for(replica)
+    if params["id"] not in {c.id for c in entities.conflicts(include_settled=True)}:
+        return execute(replica, "task.conflict.show", {"id": params["id"]})
     found = entities.find_conflict(params["id"])
     view = recorded_conflict(entities, found, settled=entities.is_settled(found))
     current = entities.raw(found.record_id)
@@ -70,6 +76,8 @@ def conflicts_resolve(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any
     from compat.versioned_store import entities_for
 
     entities = entities_for(replica)
+    if params["id"] not in {c.id for c in entities.conflicts(include_settled=True)}:
+        return execute(replica, "task.conflict.resolve", params)
     found = entities.find_conflict(params["id"])
     already = entities.is_settled(found)
     strategy = params.get("strategy", "ours")
@@ -114,7 +122,8 @@ def _render_show(data: Dict[str, Any]) -> None:
     for side in ("ours", "theirs"):
         info = data[side]
         state = "deleted it" if info["deleted"] else json.dumps(info["values"], sort_keys=True)
-        print(f"{side:<7} {info['writer']} at {info['at']} (version {info['version']}): {state}")
+        version = f" (version {info['version']})" if info.get("version") is not None else ""
+        print(f"{side:<7} {info['writer']} at {info['at']}{version}: {state}")
 
 
 def _render_resolve(data: Dict[str, Any]) -> None:
@@ -123,8 +132,9 @@ def _render_resolve(data: Dict[str, Any]) -> None:
     elif data["entity"] is None:
         print(f"resolved {data['conflict_id']} ({data['strategy']}): {data['entity_id']} deleted")
     else:
+        version = data["entity"].get("version")
         print(f"resolved {data['conflict_id']} ({data['strategy']}): {data['entity_id']} "
-              f"now at version {data['entity']['version']}")
+              + (f"now at version {version}" if version is not None else "settled"))
 
 
 def _render_migration(data: Dict[str, Any]) -> None:
@@ -173,7 +183,7 @@ def _migrate(inv: Invocation) -> None:
 
 def register(cli: Registry) -> None:
     """Add ``conflicts list|show|resolve`` and ``migrate`` to the ``agentstate`` command."""
-    cli.group("conflicts", "Conflicts recorded when replicas committed to the same entity concurrently.")
+    cli.group("conflicts", "Conflicts recorded when replicas wrote one field of a task or entity concurrently.")
     cli.command("conflicts list", "List recorded conflicts (open ones unless --all).",
                 Arg("--entity", dest="entity_id", default=None, help="only conflicts of this entity"),
                 Arg("--all", dest="include_settled", action="store_true", help="include settled conflicts"),
@@ -183,7 +193,8 @@ def register(cli: Registry) -> None:
     cli.command("conflicts resolve", "Settle a conflict; the resolution replicates to every peer.",
                 Arg("conflict_id", metavar="ID"),
                 Arg("--strategy", choices=("ours", "theirs", "merge"), required=True,
-                    help="ours: this replica's side; theirs: the other side; merge: the values given"),
+                    help="ours: this replica's side; theirs: the other side; merge: the values given "
+                         "(for a task conflict, the values the board shows now unless given)"),
                 Arg("--value", dest="values", action="append", metavar="FIELD=JSON",
                     help="a merged value; repeatable (merge needs them)"),
                 json_arg("the resolution"))(_resolve)

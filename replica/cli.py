@@ -567,8 +567,9 @@ def task_list(inv: Invocation) -> None:
     result = inv.run("task.list", _given(status=a.status, owner=a.owner, tag=a.tag))
 
     def render(d: dict[str, Any]) -> None:
-        print_table(("id", "status", "priority", "owner", "title", "tags"),
-                    ((t["id"], t["status"], t["priority"], t.get("owner"), t["title"], ",".join(t["tags"]))
+        print_table(("id", "status", "priority", "owner", "title", "tags", "conflicts"),
+                    ((t["id"], t["status"], t["priority"], t.get("owner"), t["title"], ",".join(t["tags"]),
+                      f"{t['open_conflicts']} open" if t.get("open_conflicts") else "")
                      for t in d["tasks"]), "no tasks")
         if d["invalid"]:
             print(f"{len(d['invalid'])} invalid task record(s) skipped; see `agentstate verify`", file=sys.stderr)
@@ -579,7 +580,22 @@ def task_list(inv: Invocation) -> None:
 @cli.command("task show", "Show one task, every field.", TASK_ID, json_arg("the task"))
 def task_show(inv: Invocation) -> None:
     """Show one task."""
-    emit(inv.run("task.show", {"id": inv.args.task_id}), inv.args.as_json, show_record)
+    emit(inv.run("task.show", {"id": inv.args.task_id}), inv.args.as_json, _show_task)
+
+
+def _show_task(data: dict[str, Any]) -> None:
+    """A task's fields, then its open conflicts and its last writers."""
+    conflicts, writers = data.pop("conflicts", []), data.pop("last_writers", [])
+    data.pop("open_conflicts", None)
+    show_record(data)
+    for conflict in conflicts:
+        sides = "; ".join(f"{name} {conflict[name]['writer']}: "
+                          + ("deleted" if conflict[name]["deleted"] else one_line(conflict[name]["values"]))
+                          for name in ("ours", "theirs"))
+        print(f"conflict {conflict['conflict_id']} on {','.join(conflict['conflict_fields'])}: {sides}")
+    for write in writers:
+        what = "deleted" if write["deleted"] else ",".join(write["fields"]) or "(sets only)"
+        print(f"written by {write['writer']} at {write['at']}: {what}")
 
 
 @cli.command("task update", "Change the fields of a task that are given; print the task.",

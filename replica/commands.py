@@ -102,12 +102,59 @@ def _task_list(r: Replica, p: dict[str, Any]) -> Any:
     # no record can be invalid, so the second full scan that `invalid()` does is skipped.
     complete = not p and len(tasks) == len(r.tasks)
     invalid = [] if complete else [_json(i) for i in r.tasks.invalid()]
-    return {"tasks": [_json(t) for t in tasks], "invalid": invalid}
+    contested = r.tasks.history.contested()
+    open_counts = {tid: len(r.tasks.conflicts(tid)) for tid in contested}
+    return {"tasks": [{**_json(t), "open_conflicts": open_counts.get(t.id, 0)} for t in tasks], "invalid": invalid}
+
+
+def task_conflict_view(r: Replica, conflict: Any, *, settled: bool) -> dict[str, Any]:
+    """A native task conflict in the shape `agentstate conflicts` prints (ours = this replica's side)."""
+    ours, theirs = r.tasks.sides(conflict)
+    names = [f for f in conflict.fields if f != "__deleted__"]
+
+    def side(write: Any) -> dict[str, Any]:
+        return {"writer": write.writer, "at": write.at, "version": None, "deleted": write.deleted,
+                "values": {n: write.fields[n] for n in names if n in write.fields}}
+
+    return {"conflict_id": conflict.id, "entity_id": conflict.record_id, "entity_type": "task",
+            "conflict_fields": list(conflict.fields), "settled": settled, "ours": side(ours), "theirs": side(theirs)}
+
+
+@command("task.conflicts")
+def _task_conflicts(r: Replica, p: dict[str, Any]) -> Any:
+    task_id = resolve_task_id(r, p["id"]) if p.get("id") else None
+    include = bool(p.get("all", False))
+    open_ids = {c.id for c in r.tasks.conflicts(task_id)}
+    found = r.tasks.conflicts(task_id, include_settled=include)
+    return {"conflicts": [task_conflict_view(r, c, settled=c.id not in open_ids) for c in found]}
+
+
+@command("task.conflict.show")
+def _task_conflict_show(r: Replica, p: dict[str, Any]) -> Any:
+    conflict = r.tasks.find_conflict(p["id"])
+    view = task_conflict_view(r, conflict, settled=r.tasks.history.is_settled(conflict))
+    current = r.tasks.find(conflict.record_id)
+    return {**view, "current": None if current is None else _json(current)}
+
+
+@command("task.conflict.resolve")
+def _task_conflict_resolve(r: Replica, p: dict[str, Any]) -> Any:
+    conflict = r.tasks.find_conflict(p["id"])
+    already = r.tasks.history.is_settled(conflict)
+    strategy = p.get("strategy", "ours")
+    task = r.tasks.resolve(conflict.id, strategy, p.get("values") or None)
+    return {"conflict_id": conflict.id, "entity_id": conflict.record_id, "strategy": strategy,
+            "already_settled": already, "entity": None if task is None else _json(task)}
 
 
 @command("task.show")
 def _task_show(r: Replica, p: dict[str, Any]) -> Any:
-    return _json(r.tasks.get(resolve_task_id(r, p["id"])))
+    task_id = resolve_task_id(r, p["id"])
+    shown = _json(r.tasks.get(task_id))
+    shown["conflicts"] = [task_conflict_view(r, c, settled=False) for c in r.tasks.conflicts(task_id)]
+    shown["last_writers"] = [{"writer": w.writer, "at": w.at, "fields": sorted(w.fields), "deleted": w.deleted}
+                             for w in r.tasks.last_writers(task_id)]
+    return shown
 
 
 @command("task.update")

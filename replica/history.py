@@ -229,6 +229,12 @@ class WriteHistory:
         self._seq += 1
         return self._seq
 
+    def contested(self) -> set[str]:
+        """Ids of the records written by more than one writer: the only ones that can hold a conflict."""
+        with self._access.read():
+            return {rid for rid, keys in self._keys().items()
+                    if len({key.split("|")[1] for key in keys if key.count("|") >= 1}) > 1}
+
     def record_ids(self) -> list[str]:
         """Ids of the records that have write records."""
         with self._access.read():

@@ -809,10 +809,13 @@ class UpdateLog:
         try:
             if head is not None and self._failure is None:
                 with head:
-                    if self._open_lock is not None and self._open_lock.try_sole() and head.valid():
-                        path = self.directory / segment_name(head.segment)
-                        if path.exists() and path.stat().st_size > head.end:
-                            os.truncate(path, head.end)
+                    if self._open_lock is not None and self._open_lock.try_sole():
+                        try:
+                            path = self.directory / segment_name(head.segment)
+                            if head.valid() and path.exists() and path.stat().st_size > head.end:
+                                os.truncate(path, head.end)
+                        finally:
+                            self._open_lock.share()
         except OSError as exc:
             log.warning("could not trim the log segment at close: %s", exc)
         with self._sync_cond:

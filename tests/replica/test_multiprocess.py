@@ -286,3 +286,25 @@ def test_verify_while_another_process_writes_finds_no_damage_and_blocks_no_write
         assert worker.returncode == 0, err[-2000:]
         assert verified >= 3
         assert execute(r, "verify", {})["ok"]
+
+
+OPEN_CLOSE = """
+import sys
+from replica import Replica
+for i in range(int(sys.argv[3])):
+    with Replica.open(sys.argv[1]) as r:
+        r.counters.incr("opens")
+print("ok", flush=True)
+"""
+
+
+def test_processes_opening_and_closing_at_once_never_refuse_each_other(tmp_path: Path) -> None:
+    """A closing process checks whether it is the last one under the append lock and gives the check back
+    before releasing it, so an opener never finds the directory held exclusively."""
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_CLOSE, str(tmp_path), str(n), "30"], cwd=str(REPO),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+    with Replica.open(tmp_path) as r:
+        assert r.counters.value("opens") == 90
