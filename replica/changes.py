@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["task", "node", "edge", "counter", "lesson", "meta", "other"]
+Kind = Literal["task", "node", "edge", "counter", "lesson", "claim", "meta", "other"]
 Action = Literal["add", "update", "delete"]
 
 

@@ -48,6 +48,7 @@ PLUGIN_GROUP = "agentstate.cli"
 KEYED = frozenset({
     "task.add", "task.update", "task.rm", "graph.node.add", "graph.node.update", "graph.node.rm",
     "graph.edge.add", "graph.edge.rm", "counter.incr", "counter.decr", "lesson.add", "compat.conflicts.resolve",
+    "task.claim", "task.renew", "task.release", "task.complete",
 })
 """Commands that write: each carries its invocation's idempotency key, so a retry applies once.
 Every other command is a read, or changes nothing when run again (`import`, `migrate`, `compact`)."""
@@ -77,6 +78,7 @@ class Arg:
         if self.env is not None:
             if os.environ.get(self.env):
                 options["default"] = os.environ[self.env]
+                options.pop("required", None)
             options["help"] = f"{options.get('help', '')} (or ${self.env})".strip()
         parser.add_argument(*self.flags, **options)
 
@@ -626,6 +628,89 @@ def task_update(inv: Invocation) -> None:
     if a.props:
         params["properties"] = parse_props(a.props)
     emit(inv.run("task.update", params), a.as_json, show_record)
+
+
+def parse_ttl(text: str) -> float:
+    """A lease length: seconds, or a number with s, m, h or d (`15m`, `2h`)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    try:
+        return float(value[:-1] if scale else value) * (scale or 1.0)
+    except ValueError:
+        raise UsageError(f"--ttl: {text!r} is not a duration (e.g. 90, 15m, 2h)") from None
+
+
+AGENT = Arg("--agent", required=True, env="AGENTSTATE_AGENT", help="the agent's name")
+TTL = Arg("--ttl", default="15m", help="lease length: seconds or 30s, 15m, 2h, 1d (default 15m)")
+EPOCH = Arg("--epoch", type=int, required=True, help="the fencing epoch the claim returned")
+
+
+def _claim_line(d: dict[str, Any]) -> None:
+    holder = d.get("holder") or {}
+    if d["state"] == "lost":
+        print(f"lost: {d['task_id']} is held by {holder.get('agent')} (epoch {holder.get('epoch')}) "
+              f"until {_when(holder.get('expires'))}")
+    elif d["state"] in ("released", "completed"):
+        print(f"{d['state']} {d['task_id']}")
+    else:
+        print(f"{d['state']}: {d['task_id']} epoch {d['epoch']} until {_when(d['expires'])}")
+
+
+def _when(stamp: Any) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(float(stamp), timezone.utc).isoformat(timespec="seconds") if stamp else "-"
+
+
+def _claim_result(inv: Invocation, name: str, params: dict[str, Any]) -> None:
+    data = inv.run(name, params)
+    emit(data, inv.args.as_json, _claim_line)
+    if data["state"] == "lost":
+        raise SystemExit(7)
+
+
+@cli.command("task claim", "Claim a task for an agent with a lease: won (with its fencing epoch) or lost (exit 7).",
+             TASK_ID, AGENT, TTL, json_arg("the claim"),
+             description="Exactly one of any number of agents claiming at once wins on one data directory.")
+def task_claim(inv: Invocation) -> None:
+    """Claim a task."""
+    _claim_result(inv, "task.claim", {"id": inv.args.task_id, "agent": inv.args.agent, "ttl": parse_ttl(inv.args.ttl)})
+
+
+@cli.command("task renew", "Extend a lease the agent holds (exit 7 if it passed on).", TASK_ID, AGENT, EPOCH, TTL,
+             json_arg("the claim"))
+def task_renew(inv: Invocation) -> None:
+    """Renew a lease."""
+    a = inv.args
+    _claim_result(inv, "task.renew", {"id": a.task_id, "agent": a.agent, "epoch": a.epoch, "ttl": parse_ttl(a.ttl)})
+
+
+@cli.command("task release", "End a lease so another agent can claim the task.", TASK_ID, AGENT, EPOCH,
+             json_arg("the result"))
+def task_release(inv: Invocation) -> None:
+    """Release a lease."""
+    a = inv.args
+    _claim_result(inv, "task.release", {"id": a.task_id, "agent": a.agent, "epoch": a.epoch})
+
+
+@cli.command("task complete", "Mark a claimed task completed and end its lease (fenced by the epoch).", TASK_ID,
+             AGENT, EPOCH, json_arg("the result"))
+def task_complete(inv: Invocation) -> None:
+    """Complete a claimed task."""
+    a = inv.args
+    _claim_result(inv, "task.complete", {"id": a.task_id, "agent": a.agent, "epoch": a.epoch})
+
+
+@cli.command("task next", "Print the task to take next: pending, ready, unclaimed, most urgent first.",
+             Arg("--agent", default=None, env="AGENTSTATE_AGENT", help="count this agent's own claims as free"),
+             json_arg("the task (null when there is none)"))
+def task_next(inv: Invocation) -> None:
+    """The next task."""
+    data = inv.run("task.next", _given(agent=inv.args.agent))
+    emit(data, inv.args.as_json, lambda d: print(d["task"]["id"] if d["task"] else "no task is ready"))
+    if data["task"] is None:
+        raise SystemExit(3)
 
 
 @cli.command("task rm", "Delete a task.", TASK_ID, json_arg("the id deleted"))

@@ -165,6 +165,32 @@ def _task_update(r: Replica, p: dict[str, Any]) -> Any:
     return _json(r.tasks.get(task_id))
 
 
+@command("task.claim")
+def _task_claim(r: Replica, p: dict[str, Any]) -> Any:
+    return r.claims.claim(resolve_task_id(r, p["id"]), p["agent"], p.get("ttl", 900.0)).as_dict()
+
+
+@command("task.renew")
+def _task_renew(r: Replica, p: dict[str, Any]) -> Any:
+    return r.claims.renew(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"]), p.get("ttl", 900.0)).as_dict()
+
+
+@command("task.release")
+def _task_release(r: Replica, p: dict[str, Any]) -> Any:
+    return r.claims.release(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"])).as_dict()
+
+
+@command("task.complete")
+def _task_complete(r: Replica, p: dict[str, Any]) -> Any:
+    return r.claims.complete(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"])).as_dict()
+
+
+@command("task.next")
+def _task_next(r: Replica, p: dict[str, Any]) -> Any:
+    task_id = r.claims.next_task(p.get("agent"))
+    return {"task": None if task_id is None else _json(r.tasks.get(task_id))}
+
+
 @command("task.rm")
 def _task_rm(r: Replica, p: dict[str, Any]) -> Any:
     task_id = resolve_task_id(r, p["id"])

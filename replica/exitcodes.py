@@ -40,7 +40,7 @@ def exit_code_for(exc: BaseException) -> int:
         return ExitCode.NOT_FOUND
     if isinstance(exc, (FieldError, InvalidUpdateError, ValueError)):
         return ExitCode.INVALID
-    if isinstance(exc, AlreadyExistsError):
+    if isinstance(exc, AlreadyExistsError) or type(exc).__name__ == "StaleClaimError":
         return ExitCode.CONFLICT
     if isinstance(exc, (StorageError, DataDirLockedError, InvalidRecordError)):
         return ExitCode.DATA

@@ -20,6 +20,7 @@ from pycrdt import Array, Doc, Map
 
 from .access import DocAccess
 from .changes import ChangeCallback, ChangeEvent, ChangeFeed
+from .claims import CLAIMS, Claims
 from .counters import Counters
 from .datadir import DataDir
 from .durability import Durability
@@ -70,6 +71,7 @@ ROOTS: tuple[Root, ...] = (
     Root(COUNTERS, Map, "counters", "translate", "counters"),
     Root(LESSONS, Array, "lessons", "translate", "lessons"),
     Root(REQUESTS, Map, "requests", None, None),
+    Root(CLAIMS, Map, "claims", "translate", None),
 )
 """The one table of built-in collections: creation, change events, validation and stats all read it."""
 RESERVED_ROOTS = frozenset({root.name for root in ROOTS} | {META})
@@ -171,6 +173,7 @@ class Replica:
         self.counters = Counters(self.access)
         self.lessons = Lessons(self.access)
         self.requests = Requests(self.access)
+        self.claims = Claims(self.access, self.tasks)
         self._doc_sub = doc.observe(self._on_transaction)
 
     @classmethod
@@ -568,7 +571,7 @@ class Replica:
 
     def invalid_records(self) -> list[InvalidRecord]:
         """Every stored record that fails validation (usually junk a peer sent)."""
-        owners = dict.fromkeys(spec.collection for spec in ROOTS if spec.translate is not None)
+        owners = dict.fromkeys(spec.collection for spec in ROOTS if spec.translate is not None and spec.stat)
         return [bad for name in owners for bad in getattr(self, name).invalid()]
 
     def compact(self, *, wait: bool = True) -> CompactionReport | None:
