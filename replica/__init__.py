@@ -1,6 +1,6 @@
 """agentstate's replica: typed CRDT state (tasks, graph, counters, lessons) with a durable local log.
 
-Names are imported on first use (PEP 562), so `import replica.cli` or `replica.control`
+Names are imported on first use (PEP 562), so `import replica.app.cli` or `replica.app.control`
 does not pay for pycrdt and pydantic: the CLI's daemon path never needs them.
 """
 

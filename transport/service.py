@@ -1,6 +1,6 @@
 """The mesh as a daemon service: `mesh_service_factory` turns `serve` options into a MeshService.
 
-`transport/cli.py` registers the factory with `replica.daemon.register_service`; the
+The `agentstate.services` entry point registers the factory (see `replica.services`); the
 daemon starts and stops the service and shows `status()` under the key "mesh".
 """
 

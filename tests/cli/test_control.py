@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from replica.control import MAX_BODY, MAX_DEPTH, MAX_HEADER, Endpoint, check_depth, encode_request, socket_address
-from replica.control import RequestError
-from replica.daemon import HEADER_TIMEOUT, MAX_CONNECTIONS
+from replica.app.control import MAX_BODY, MAX_DEPTH, MAX_HEADER, Endpoint, check_depth, encode_request, socket_address
+from replica.app.control import RequestError
+from replica.app.daemon import HEADER_TIMEOUT, MAX_CONNECTIONS
 
 from .conftest import Agentstate
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from replica.cli import Session
-from replica.control import Endpoint, call, encode_request
+from replica.app.cli import Session
+from replica.app.control import Endpoint, call, encode_request
 
 from .conftest import AGENTSTATE, Agentstate
 

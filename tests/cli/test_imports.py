@@ -7,14 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from .conftest import Agentstate
 
 HEAVY = ("pycrdt", "pydantic", "rich", "click", "asyncio")
 _PROBE = """
 import json, sys
-from replica.cli import main
+from replica.app.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
@@ -47,8 +45,6 @@ def test_command_help_imports_nothing_heavy(tmp_path: Path) -> None:
         assert code == 0 and heavy == [], f"{argv}: exit {code}, imported {heavy}"
 
 
-@pytest.mark.xfail(strict=True, reason="`--help` lists the compat plugin's commands, and importing compat.cli "
-                                       "runs compat/__init__.py, which imports all of compat (pycrdt, pydantic)")
 def test_top_level_help_imports_nothing_heavy(tmp_path: Path) -> None:
     code, heavy = imported("--help", cwd=tmp_path)
     assert code == 0 and heavy == [], f"imported {heavy}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pycrdt import Doc, Map
 
-from replica.control import MAX_BODY
+from replica.app.control import MAX_BODY
 
 from .conftest import Agentstate
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from replica.cli import PRIORITIES, TASK_STATUSES
+from replica.app.cli import PRIORITIES, TASK_STATUSES
 from replica.models import Priority, TaskStatus
 
 from .conftest import Agentstate

@@ -270,7 +270,7 @@ def test_a_follower_hears_another_process_write_without_reading(tmp_path: Path) 
 
 def test_verify_while_another_process_writes_finds_no_damage_and_blocks_no_writer(tmp_path: Path) -> None:
     """verify scans what was published when it began, holding neither the replica's lock nor the append lock."""
-    from replica.commands import execute
+    from replica.app.commands import execute
 
     data_dir = tmp_path / "data"
     with Replica.open(data_dir, segment_size=16 * 1024) as r:

@@ -8,7 +8,7 @@ import pytest
 from pycrdt import Map
 
 from replica import FieldError, Replica
-from replica.commands import execute
+from replica.app.commands import execute
 from replica.requests import KEEP_SECONDS, REQUESTS
 
 

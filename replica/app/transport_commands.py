@@ -1,6 +1,6 @@
 """The transport's part of the `agentstate` command: network options for `serve`, peers in `status`, `demo`.
 
-Imported on every `serve`, `status` and `--help`, so it imports only `replica.cli`; the
+Imported on every `serve`, `status` and `--help`, so it imports only `replica.app.cli`; the
 mesh and the demo load when they run.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from replica.cli import Arg, Invocation, Registry, table_lines
+from .cli import Arg, Invocation, Registry, table_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

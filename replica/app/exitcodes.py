@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from .errors import (
+from replica.errors import (
     AlreadyExistsError,
     DataDirLockedError,
     FieldError,

@@ -20,7 +20,7 @@ import re
 import socket
 from pathlib import Path
 
-from .errors import ReplicaError
+from replica.errors import ReplicaError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
 """``agentstate conflicts list|show|resolve`` and ``agentstate migrate``: compat's commands.
 
-The operations are registered with :mod:`replica.commands`, so they run the same way on a
+The operations are registered with :mod:`replica.app.commands`, so they run the same way on a
 replica the CLI opens itself or inside a running ``agentstate serve``. ``register(cli)``
-is the ``agentstate.cli`` entry point that adds the commands. This module is imported for
+adds the commands; the CLI calls it when it loads its plugins. This module is imported for
 ``agentstate --help``, so compat itself loads only when an operation runs.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from replica.cli import Arg, Invocation, Registry, emit, json_arg, parse_props, print_table
-from replica.commands import command, execute
-from replica.exitcodes import ExitCode, register_exit_code
+from .cli import Arg, Invocation, Registry, UsageError, emit, json_arg, parse_props, print_table
+from .commands import command, execute
+from .exitcodes import ExitCode, register_exit_code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ EXIT_CODES: Dict[str, ExitCode] = {
     "SyncError": ExitCode.UNREACHABLE,
     "DirectoryLockedError": ExitCode.DATA,
 }
-"""Exit codes of compat's errors (by class name, as ``replica.exitcodes`` maps them)."""
+"""Exit codes of compat's errors (by class name, as ``replica.app.exitcodes`` maps them)."""
 
 for _name, _code in EXIT_CODES.items():
     register_exit_code(_name, _code)
@@ -175,8 +175,6 @@ def _migrate(inv: Invocation) -> None:
     """Import an old directory."""
     old_dir = Path(inv.args.old_dir)
     if not old_dir.is_dir():
-        from replica.cli import UsageError
-
         raise UsageError(f"OLD_DIR: {old_dir} is not a directory")
     emit(inv.run("compat.migrate", {"source": str(old_dir.resolve())}), inv.args.as_json, _render_migration)
 

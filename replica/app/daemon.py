@@ -2,7 +2,7 @@
 
 Services (the transport's mesh, for one) come from `replica.services`, so this module
 never imports them; it only starts, stops and asks them for status. Commands arrive on
-the control socket (`ControlServer`, wire format in `replica.control`).
+the control socket (`ControlServer`, wire format in `replica.app.control`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from replica.durability import Durability
+from replica.errors import ReplicaError
+from replica.replica import Replica
+from replica.services import Service, register_service, start_services, stop_services
+
 from . import commands
 from .control import (
     ENDPOINT_FILE,
@@ -35,11 +40,7 @@ from .control import (
     refusal,
     socket_address,
 )
-from .durability import Durability
-from .errors import ReplicaError
 from .exitcodes import ExitCode, exit_code_for
-from .replica import Replica
-from .services import Service, register_service, start_services, stop_services
 
 __all__ = ["ControlServer", "Daemon", "Service", "error_reply", "register_service"]
 

@@ -1,8 +1,8 @@
 """Named operations on a replica with JSON-able parameters and results.
 
 The CLI runs them on a replica it opens itself, or sends them to the daemon that holds
-the directory; both end up here, so the two paths cannot drift apart. Other packages
-register their own commands (the transport adds peer status, compat adds conflicts).
+the directory; both end up here, so the two paths cannot drift apart. Other modules
+register their own commands (`compat_commands` adds compat's conflicts and migrate).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import base64
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import FieldError, NotFoundError, ReplicaError
+from replica.errors import FieldError, NotFoundError, ReplicaError
 
 if TYPE_CHECKING:
-    from .replica import Replica
+    from replica.replica import Replica
 
 MIN_PREFIX = 8
 """Shortest id prefix `task` commands accept in place of a whole id."""
@@ -50,7 +50,7 @@ def execute(replica: Replica, name: str, params: dict[str, Any], *, key: str | N
         raise UnknownCommandError(f"unknown command {name!r}")
     if key is None:
         return handler(replica, params)
-    from .requests import check_key
+    from replica.requests import check_key
 
     key = check_key(key)
     with replica.transaction():
@@ -297,7 +297,7 @@ def _counts(r: Replica) -> dict[str, int]:
 
 @command("verify")
 def _verify(r: Replica, p: dict[str, Any]) -> Any:
-    from .snapshot import SnapshotStore
+    from replica.snapshot import SnapshotStore
 
     problems: list[str] = []
     checked: dict[str, Any] = {"snapshots": 0, "snapshot_lsn": 0, "segments": 0, "records": 0}

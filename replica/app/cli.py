@@ -1,12 +1,13 @@
 """The `agentstate` command: people get aligned text, scripts get `--json` and stable exit codes.
 
-Every command runs through `replica.commands`: inside a running `agentstate serve` over its
+Every command runs through `replica.app.commands`: inside a running `agentstate serve` over its
 control socket (faster), or on a replica this process opens (any number of processes may);
 the result is the same either way. Writes carry an idempotency key, so that a request the
 daemon may have run before it died is retried without being applied twice.
 Agents call this hundreds of times, so a call imports only what it needs: the daemon path
-loads argparse, json and a socket, never pycrdt or pydantic. Other packages add commands
-through the `agentstate.cli` entry point group (`register(cli)` with a `Registry`).
+loads argparse, json and a socket, never pycrdt or pydantic. The transport's and compat's
+commands (`transport_commands`, `compat_commands`) are imported directly when needed; other
+packages add theirs through the `agentstate.cli` entry point group (`register(cli)` with a `Registry`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from replica.errors import ReplicaError
 
 from .control import (
     ENDPOINT_FILE,
@@ -27,7 +30,6 @@ from .control import (
     call,
     claim_daemon_lock,
 )
-from .errors import ReplicaError
 from .exitcodes import ExitCode, exit_code_for
 
 TYPE_CHECKING = False
@@ -175,12 +177,16 @@ class Registry:
         return {path[0] for path in self.commands} | {path[0] for path in self.groups}
 
     def load_plugins(self) -> None:
-        """Let installed packages (transport, compat) add their commands, once."""
+        """Add compat's and the transport's commands, then those of installed plugins, once."""
         if self.plugins_loaded:
             return
         self.plugins_loaded = True
         from importlib import import_module
 
+        from . import compat_commands, transport_commands
+
+        compat_commands.register(self)
+        transport_commands.register(self)
         for name, target in entry_points(PLUGIN_GROUP):
             module, _, attribute = target.partition(":")
             try:
@@ -337,8 +343,9 @@ class Session:
 
     def run_here(self, name: str, params: dict[str, Any], key: str | None = None) -> Any:
         """Run a command on a replica this process opens (created on first use, as `Replica.open` does)."""
+        from replica.replica import Replica
+
         from . import commands
-        from .replica import Replica
 
         replica = Replica.open(self.path)
         try:
@@ -489,7 +496,7 @@ def init_cmd(inv: Invocation) -> None:
     if session.endpoint() is not None:
         result = session.run("status", {})["replica"]
     else:
-        from .replica import Replica
+        from replica.replica import Replica
 
         with Replica.open(session.path, replica_id=inv.args.replica_id) as replica:
             result = replica.stats()
@@ -906,12 +913,12 @@ def verify(inv: Invocation) -> int | None:
     try:
         result = session.run("verify", {})
     except ReplicaError as exc:
-        from .errors import DataDirLockedError
+        from replica.errors import DataDirLockedError
 
         if isinstance(exc, (DataDirLockedError, ControlError, RemoteError)) or not (session.path / "replica.json").is_file():
             raise
-        from .datadir import DataDir
-        from .repair import scan
+        from replica.datadir import DataDir
+        from replica.repair import scan
 
         found = scan(DataDir(session.path))
         result = {"checked": {"snapshots": None, "snapshot_lsn": found.snapshot_lsn, "segments": found.segments,
@@ -942,7 +949,7 @@ def verify(inv: Invocation) -> int | None:
              json_arg("what was salvaged and dropped"))
 def repair(inv: Invocation) -> None:
     """Repair a stopped directory."""
-    from .repair import repair as run_repair
+    from replica.repair import repair as run_repair
 
     if inv.session.endpoint() is not None:
         raise ReplicaError("`agentstate serve` holds this directory: stop it before repairing")
