@@ -209,6 +209,7 @@ class Registry:
             "  --debug     show tracebacks for internal errors, and how a command",
             "              reached the directory (daemon, retry, here)",
             "  -h, --help  show this help",
+            "  --version   print agentstate's version",
             "",
             "commands:",
         ]
@@ -881,6 +882,8 @@ def status(inv: Invocation) -> None:
         print(f"daemon: {'pid ' + str(d['daemon']['pid']) if d['daemon'] else 'not running'}")
         if d.get("invalid_records"):
             print(f"invalid records: {d['invalid_records']} (see `agentstate verify`)")
+        for entry in d.get("presence") or []:
+            print(f"presence: {entry['agent']}: {entry['working_on']} ({_ago(entry['age_seconds'])})")
         for key, renderer in cli.status_renderers.items():
             if key in d:
                 lines = renderer(d[key])
@@ -888,6 +891,13 @@ def status(inv: Invocation) -> None:
                     print("\n".join(lines))
 
     emit(result, inv.args.as_json, render)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
 
 
 @cli.command("compact", "Snapshot the state and drop the log segments it makes redundant.",
@@ -1015,7 +1025,196 @@ def import_cmd(inv: Invocation) -> None:
     emit(result, inv.args.as_json, render)
 
 
+# ------------------------------------------------------------------ lessons, presence, watch, mcp
+
+cli.group("lesson", "Lessons: what agents learnt (context, what failed, what resolved it), append-only.")
+cli.group("presence", "What each agent on this directory says it is doing (shown by `status`).")
+
+
+def _lesson_rows(lessons: list[dict[str, Any]]) -> Iterable[tuple[Any, ...]]:
+    return ((x["at"], x["author"], x["context"], x["failure"], x["resolution"]) for x in lessons)
+
+
+@cli.command("lesson add", "Record a lesson and print its id.",
+             Arg("--context", required=True, help="where it happened (what the agent was doing)"),
+             Arg("--failure", required=True, help="what went wrong"),
+             Arg("--resolution", required=True, help="what fixed it, or what to do next time"),
+             Arg("--author", default=None, env="AGENTSTATE_AGENT", help="who learnt it (default: the replica id)"),
+             json_arg("the lesson"))
+def lesson_add(inv: Invocation) -> None:
+    """Append a lesson."""
+    a = inv.args
+    data = inv.run("lesson.add", _given(context=a.context, failure=a.failure, resolution=a.resolution,
+                                        author=a.author))
+    emit(data, a.as_json, lambda d: print(d["id"]))
+
+
+@cli.command("lesson list", "List lessons, oldest first.",
+             Arg("--limit", type=int_range(1, 1_000_000), default=None, help="only the newest N"),
+             json_arg("the lessons"))
+def lesson_list(inv: Invocation) -> None:
+    """List lessons."""
+    data = inv.run("lesson.list", {})
+    if inv.args.limit is not None:
+        data["lessons"] = data["lessons"][-inv.args.limit:]
+    emit(data, inv.args.as_json, lambda d: print_table(("at", "author", "context", "failure", "resolution"),
+                                                       _lesson_rows(d["lessons"]), "no lessons"))
+
+
+@cli.command("lesson search", "Lessons whose text contains every word given (case-insensitive), newest first.",
+             Arg("query", metavar="WORDS", help="words that must all appear in context, failure or resolution"),
+             Arg("--limit", type=int_range(1, 1000), default=20, help="at most this many (default 20)"),
+             json_arg("the lessons found and how many matched"))
+def lesson_search(inv: Invocation) -> None:
+    """Search lessons."""
+    data = inv.run("lesson.search", {"query": inv.args.query, "limit": inv.args.limit})
+    emit(data, inv.args.as_json, lambda d: print_table(("at", "author", "context", "failure", "resolution"),
+                                                       _lesson_rows(d["lessons"]), "no lesson matches"))
+
+
+@cli.command("presence set", "Say what this agent is doing; `status` shows it (and peers, while serve syncs).",
+             Arg("working_on", metavar="TEXT", help='e.g. "reviewing PR 42"'),
+             Arg("--agent", default=None, env="AGENTSTATE_AGENT", help="the agent's name (default: the user name)"),
+             json_arg("the presence recorded"),
+             description="It is kept in the data directory (presence/, one file per agent), so `status` on this\n"
+                         "directory shows it with or without a daemon. While `agentstate serve` syncs with\n"
+                         "peers, it is also sent to them as this replica's awareness state (who is online).")
+def presence_set(inv: Invocation) -> None:
+    """Record presence, and tell a running mesh."""
+    agent = inv.args.agent or os.environ.get("USER") or "agent"
+    data = inv.run("presence.set", {"agent": agent, "working_on": inv.args.working_on})
+    if inv.session.endpoint() is not None:
+        try:
+            inv.session.run("presence", {"fields": {"agent": agent, "working_on": inv.args.working_on}})
+            data["sent_to_peers"] = True
+        except ReplicaError:
+            data["sent_to_peers"] = False
+    emit(data, inv.args.as_json, lambda d: print(f"{d['agent']}: {d['working_on']}"))
+
+
+def _change_line(event: Any) -> str:
+    from datetime import datetime, timezone
+
+    at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    where = event.origin + (f" {event.peer}" if event.peer else "")
+    what = f"{event.kind} {event.id}" + (f" {event.field}" if event.field else "")
+    if event.action == "update":
+        change = f": {one_line(event.old)} -> {one_line(event.new)}"
+    elif event.action == "add" and event.field:
+        change = f": {one_line(event.new)}"
+    else:
+        change = ""
+    return f"{at} {where} {event.action} {what}{change}"
+
+
+@cli.command("watch", "Print one line per change (this process's, other processes', peers') until Ctrl-C.",
+             Arg("--count", type=int_range(1, 1_000_000_000), default=None, help="stop after N changes"),
+             Arg("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this many seconds"),
+             json_arg("each change as one JSON object per line"),
+             description="It opens the directory like any process and follows its shared log, so it sees\n"
+                         "writes by the CLI, scripts, MCP servers and a daemon (which writes what its peers\n"
+                         "send). Origins: local (this process), process (another process on this\n"
+                         "directory), remote (a peer, when this process applies it itself).")
+def watch(inv: Invocation) -> None:
+    """Follow the change feed."""
+    import queue
+    import time
+
+    from replica.replica import Replica
+
+    a = inv.args
+    events: queue.Queue[Any] = queue.Queue()
+    replica = Replica.open(inv.session.path)
+    try:
+        replica.subscribe(events.put)
+        print(f"watching {inv.session.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        deadline = None if a.timeout is None else time.monotonic() + a.timeout
+        seen = 0
+        while a.count is None or seen < a.count:
+            wait = 0.5 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                break
+            try:
+                event = events.get(timeout=min(wait, 0.5))
+            except queue.Empty:
+                continue
+            seen += 1
+            if a.as_json:
+                print(json.dumps({"kind": event.kind, "id": event.id, "field": event.field, "action": event.action,
+                                  "old": event.old, "new": event.new, "origin": event.origin, "peer": event.peer},
+                                 sort_keys=True, default=str), flush=True)
+            else:
+                print(_change_line(event), flush=True)
+    finally:
+        replica.close()
+
+
+@cli.command("mcp", "Serve this directory to an AI agent over MCP (stdio; --http for streamable HTTP).",
+             Arg("--agent", default=None, env="AGENTSTATE_AGENT",
+                 help="this agent's name, used for claims, lessons and the hash guard (default mcp-HOST-PID)"),
+             Arg("--http", default=None, metavar="HOST:PORT",
+                 help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (port 0: any free port)"),
+             Arg("--token", default=None, env="AGENTSTATE_TOKEN",
+                 help="bearer token clients must send (Authorization: Bearer TOKEN); required beyond loopback; "
+                      "with --listen, peers must present it too"),
+             Arg("--listen", default=None, metavar="HOST:PORT", help="also accept sync peers here, as serve does"),
+             Arg("--peer", dest="peers", action="append", metavar="URL", help="also sync with this peer; repeatable"),
+             Arg("--room", default="agentstate", help="sync room (default agentstate)"),
+             Arg("--peer-token", default=None, env="AGENTSTATE_PEER_TOKEN",
+                 help="token to present when dialing peers (default: --token)"),
+             Arg("--durability", choices=DURABILITY_MODES, default="balanced", env="AGENTSTATE_DURABILITY",
+                 help="when writes reach the disk (default balanced)"),
+             description="One server per agent: it opens the data directory like any other process (any\n"
+                         "number of MCP servers, CLI calls and one `serve` may share it). Register it with an\n"
+                         'MCP client as command `agentstate`, args ["--data", DIR, "mcp"] (see README.md).\n'
+                         "With --peer or --listen it also syncs, as `serve` does. Stop it by closing its\n"
+                         "stdin (stdio), or with Ctrl-C / SIGTERM.")
+def mcp_cmd(inv: Invocation) -> None:
+    """Run the MCP server until its client goes away or it is told to stop."""
+    import logging
+
+    import anyio
+
+    from . import mcp_server
+
+    a = inv.args
+    if a.http:
+        try:
+            address = mcp_server.parse_http(a.http)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not address.loopback and not a.token:
+            raise UsageError(f"--http {a.http}: listening beyond loopback needs --token (clients send it as "
+                             "Authorization: Bearer TOKEN)")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sync = _given(listen=a.listen, peers=a.peers, room=a.room if (a.listen or a.peers) else None,
+                  token=a.token if a.listen else None, peer_token=a.peer_token or a.token)
+    if not (a.listen or a.peers):
+        sync = {}
+
+    def ready(where: str) -> None:
+        if where != "stdio":
+            guarded = " (token required: Authorization: Bearer TOKEN)" if a.token else ""
+            print(f"agentstate mcp: serving {inv.session.path} at {where}{guarded}; stop: Ctrl-C or "
+                  f"kill -TERM {os.getpid()}", file=sys.stderr, flush=True)
+
+    anyio.run(lambda: mcp_server.serve(inv.session.path, agent=a.agent, durability=a.durability, http=a.http,
+                                       token=a.token, sync_options=sync, ready=ready))
+
+
 # ------------------------------------------------------------------------------------ main
+
+
+def version() -> str:
+    """The installed agentstate's version (from its package metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("agentstate")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _global_options(argv: list[str]) -> tuple[str, bool, bool, list[str]]:
@@ -1036,11 +1235,14 @@ def _global_options(argv: list[str]) -> tuple[str, bool, bool, list[str]]:
             debug = True
         elif option in ("-h", "--help"):
             wants_help = True
+        elif option == "--version":
+            print(f"agentstate {version()}")
+            raise SystemExit(0)
         elif option == "--":
             index += 1
             break
         else:
-            raise UsageError(f"unknown option {option} (global options: --data DIR, --debug, --help)")
+            raise UsageError(f"unknown option {option} (global options: --data DIR, --debug, --help, --version)")
         index += 1
     return data, debug, wants_help, argv[index:]
 

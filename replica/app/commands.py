@@ -8,6 +8,7 @@ register their own commands (`compat_commands` adds compat's conflicts and migra
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -280,7 +281,9 @@ def _lesson_list(r: Replica, p: dict[str, Any]) -> Any:
 
 @command("status")
 def _status(r: Replica, p: dict[str, Any]) -> Any:
-    return {"replica": r.stats(), "invalid_records": len(r.invalid_records())}
+    from .presence import local_presence
+
+    return {"replica": r.stats(), "invalid_records": len(r.invalid_records()), "presence": local_presence(r)}
 
 
 @command("compact")
@@ -327,3 +330,65 @@ def _import(r: Replica, p: dict[str, Any]) -> Any:
     before = _counts(r)
     changed = r.apply_update(update, origin=p.get("origin", "import"))
     return {"changed": changed, "bytes": len(update), "before": before, "after": _counts(r)}
+
+
+def _words(query: Any) -> list[str]:
+    if not isinstance(query, str) or not query.strip() or len(query) > 1000:
+        raise FieldError("search", "query", "must be 1-1000 characters with at least one word")
+    return query.lower().split()
+
+
+def _matches(words: list[str], *texts: Any) -> bool:
+    haystack = "\n".join(t if isinstance(t, str) else json.dumps(t, sort_keys=True, default=str)
+                         for t in texts).lower()
+    return all(word in haystack for word in words)
+
+
+def _limit(p: dict[str, Any], default: int) -> int:
+    limit = p.get("limit", default)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise FieldError("search", "limit", "must be a positive integer")
+    return limit
+
+
+@command("graph.edge.update")
+def _edge_update(r: Replica, p: dict[str, Any]) -> Any:
+    current = r.graph.get_edge(p["source"], p["target"], p["type"])
+    weight = p.get("weight")
+    return _json(r.graph.add_edge(p["source"], p["target"], p["type"],
+                                  weight=current.weight if weight is None else weight,
+                                  properties=p.get("properties") or {}))
+
+
+@command("graph.neighbours")
+def _neighbours(r: Replica, p: dict[str, Any]) -> Any:
+    direction = p.get("direction", "both")
+    nodes = r.graph.neighbours(p["id"], direction=direction, edge_type=p.get("edge_type"))
+    ids = {n.id for n in nodes}
+    edges = [e for e in r.graph.edges() if (e.source == p["id"] and e.target in ids and direction != "in")
+             or (e.target == p["id"] and e.source in ids and direction != "out")]
+    if p.get("edge_type"):
+        edges = [e for e in edges if e.type == p["edge_type"]]
+    return {"nodes": [_json(n) for n in nodes], "edges": [_json(e) for e in edges]}
+
+
+@command("graph.search")
+def _graph_search(r: Replica, p: dict[str, Any]) -> Any:
+    words, limit = _words(p.get("query")), _limit(p, 50)
+    found = [n for n in r.graph.nodes(type=p.get("type"))
+             if _matches(words, n.id, n.type, n.content, n.properties)]
+    return {"nodes": [_json(n) for n in found[:limit]], "total": len(found)}
+
+
+@command("lesson.search")
+def _lesson_search(r: Replica, p: dict[str, Any]) -> Any:
+    words, limit = _words(p.get("query")), _limit(p, 20)
+    found = [x for x in reversed(r.lessons.list()) if _matches(words, x.context, x.failure, x.resolution, x.author)]
+    return {"lessons": [_json(x) for x in found[:limit]], "total": len(found)}
+
+
+@command("presence.set")
+def _presence_set(r: Replica, p: dict[str, Any]) -> Any:
+    from .presence import set_presence
+
+    return set_presence(r, p.get("agent"), p.get("working_on"))
