@@ -18,15 +18,15 @@ from types import TracebackType
 
 HEAD_NAME = "HEAD"
 HEAD_MAGIC = b"AGSTHEAD"
-HEAD_VERSION = 1
+HEAD_VERSION = 2
 HEAD_SIZE = 4096
 _PREFIX = struct.Struct("<8sII")
 _WORD = struct.Struct("<Q")
-LAST_LSN_AT = 16
-SEGMENT_AT = 24
-END_AT = 32
-DURABLE_AT = 40
-TORN_AT = 48
+_SLOT = struct.Struct("<QQQ")
+ACTIVE_AT = 16
+SLOTS_AT = (24, 48)
+DURABLE_AT = 72
+TORN_AT = 80
 
 
 class LogHead:
@@ -97,20 +97,36 @@ class LogHead:
         magic, version, _ = _PREFIX.unpack_from(self._mm, 0)
         return magic == HEAD_MAGIC and version == HEAD_VERSION
 
+    def _position(self) -> tuple[int, int, int]:
+        """(last lsn, segment, end) of the active slot, read consistently without the lock.
+
+        The writer fills the inactive slot and then flips the one-word index, so a reader
+        that sees the same index before and after reading a slot read a whole position."""
+        while True:
+            active = _WORD.unpack_from(self._mm, ACTIVE_AT)[0] & 1
+            position = _SLOT.unpack_from(self._mm, SLOTS_AT[active])
+            if _WORD.unpack_from(self._mm, ACTIVE_AT)[0] & 1 == active:
+                return int(position[0]), int(position[1]), int(position[2])
+
     @property
     def last_lsn(self) -> int:
         """The newest published record's lsn: the word every reader compares (no lock needed)."""
-        return int(_WORD.unpack_from(self._mm, LAST_LSN_AT)[0])
+        active = _WORD.unpack_from(self._mm, ACTIVE_AT)[0] & 1
+        return int(_WORD.unpack_from(self._mm, SLOTS_AT[active])[0])
 
     @property
     def segment(self) -> int:
         """First lsn (the name) of the segment being appended to."""
-        return int(_WORD.unpack_from(self._mm, SEGMENT_AT)[0])
+        return self._position()[1]
 
     @property
     def end(self) -> int:
         """Byte offset in that segment where the next record goes."""
-        return int(_WORD.unpack_from(self._mm, END_AT)[0])
+        return self._position()[2]
+
+    def position(self) -> tuple[int, int, int]:
+        """(last lsn, segment, end), consistent, without the lock (a moment later it may have moved on)."""
+        return self._position()
 
     @property
     def durable_lsn(self) -> int:
@@ -123,13 +139,16 @@ class LogHead:
         return int(_WORD.unpack_from(self._mm, TORN_AT)[0])
 
     def publish(self, segment: int, end: int, last_lsn: int) -> None:
-        """Say where the log now ends (append lock held): position first, the lsn word last."""
-        _WORD.pack_into(self._mm, SEGMENT_AT, segment)
-        _WORD.pack_into(self._mm, END_AT, end)
-        _WORD.pack_into(self._mm, LAST_LSN_AT, last_lsn)
+        """Say where the log now ends (append lock held): fill the inactive slot, then flip the index.
+
+        A writer killed before the flip leaves the old position published: the log ends
+        where it did, and what it wrote past that end is a torn record for the next writer."""
+        active = _WORD.unpack_from(self._mm, ACTIVE_AT)[0] & 1
+        _SLOT.pack_into(self._mm, SLOTS_AT[1 - active], last_lsn, segment, end)
+        _WORD.pack_into(self._mm, ACTIVE_AT, 1 - active)
 
     def note_durable(self, lsn: int) -> None:
-        """Raise the durable lsn to `lsn` (append lock held, so the max is not raced)."""
+        """Raise the durable lsn to `lsn`; safe without the lock (a racing lower store only costs an fsync)."""
         if lsn > self.durable_lsn:
             _WORD.pack_into(self._mm, DURABLE_AT, lsn)
 

@@ -162,6 +162,7 @@ class Replica:
         self._collections: dict[str, Records] = {}
         self._subscriptions: list[Any] = []
         self._from_log = False
+        self._compaction_started = False
         self._follower: threading.Thread | None = None
         self._stop_following = threading.Event()
         self.meta = doc.get(META, type=Map)
@@ -205,7 +206,7 @@ class Replica:
         datadir = DataDir(path)
         datadir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = datadir.load_or_create_identity(replica_id)
-        snapshots = SnapshotStore(datadir.snapshot_dir, sync=mode is not Durability.LAZY)
+        snapshots = SnapshotStore(datadir.snapshot_dir, sync=True)
         update_log = UpdateLog(datadir.log_dir, mode, flush_interval=flush_interval, segment_size=segment_size)
         loaded: list[tuple[Any, list[SnapshotProblem]]] = []
 
@@ -321,13 +322,21 @@ class Replica:
         origin PROCESS; a segment compacted away meanwhile means reloading from the snapshot."""
         log_ = self._log
         assert log_ is not None
+        before = log_.read_position
         try:
             records = log_.read_new()
         except SegmentGoneError:
             self._reload_from_snapshot()
+            before = log_.read_position
             records = log_.read_new()
-        for record in records:
-            self._apply_logged(record.payload)
+        applied = before
+        try:
+            for record in records:
+                self._apply_logged(record.payload)
+                applied = record.lsn
+        except BaseException:
+            log_.seek_after(applied)
+            raise
         self._last_lsn = max(self._last_lsn, log_.last_lsn)
 
     def _reload_from_snapshot(self) -> None:
@@ -616,8 +625,9 @@ class Replica:
             return scan(self.datadir, end)
 
     def _compact_in_background(self) -> None:
-        if self._compacting.locked():
+        if self._compacting.locked() or self._compaction_started:
             return
+        self._compaction_started = True
 
         def run() -> None:
             try:
@@ -626,6 +636,8 @@ class Replica:
                 pass
             except Exception:
                 log.exception("background compaction failed")
+            finally:
+                self._compaction_started = False
 
         threading.Thread(target=run, name="agentstate-compact", daemon=True).start()
 

@@ -240,7 +240,7 @@ class UpdateLog:
     Appends take `log/HEAD`'s append lock, land where the head says the log ends, and
     publish the new end; readers compare the head's last lsn with their own and read the
     records in between (see docs/storage.md, "Many processes, one directory"). The open
-    segment is preallocated (sparse) and written through a shared memory map (PARANOID:
+    segment is preallocated (posix_fallocate) and written through a shared memory map (PARANOID:
     pwrite), so a record is in the page cache, safe from a process crash, once copied in.
     """
 
@@ -265,6 +265,7 @@ class UpdateLog:
         self._segment_first = 0
         self._retired: list[_OpenSegment] = []
         self._append_end = 0
+        self._last_segment: int | None = None
         self._prepared = False
         self._cursor = _Cursor()
         self._written_lsn = 0
@@ -302,9 +303,8 @@ class UpdateLog:
                 after_lsn = after()
                 if sole or not head.valid():
                     records, report = self._recover(after_lsn)
-                    segments = list_segments(self.directory)
-                    if segments and self._append_end >= SEGMENT_HEADER_SIZE:
-                        first, end = segments[-1][0], self._append_end
+                    if self._last_segment is not None and self._append_end >= SEGMENT_HEADER_SIZE:
+                        first, end = self._last_segment, self._append_end
                     else:
                         first, end = report.last_lsn + 1, SEGMENT_HEADER_SIZE
                     head.initialise(first, end, report.last_lsn, report.last_lsn)
@@ -326,12 +326,18 @@ class UpdateLog:
         return records, report, after_lsn
 
     def _recover(self, after_lsn: int) -> tuple[list[Record], ReplayReport]:
-        """Read every record with lsn > after_lsn from the bytes, cutting a torn tail (no other process open)."""
+        """Read every record with lsn > after_lsn from the bytes, cutting a torn tail (no other process open).
+
+        A segment that holds no record and starts before the expected lsn is a stray left by
+        a writer that died while rolling over (it created the next segment, then died before
+        publishing it): it is removed. The last segment kept is fsynced, so everything the
+        head will call durable is."""
         report = ReplayReport()
         segments = list_segments(self.directory)
         records: list[Record] = []
         expected: int | None = None
         self._append_end = 0
+        self._last_segment = None
         for index, (first_lsn, path) in enumerate(segments):
             is_last = index == len(segments) - 1
             next_first = segments[index + 1][0] if not is_last else None
@@ -342,6 +348,10 @@ class UpdateLog:
                     raise MissingSegmentError(self.directory, after_lsn + 1, first_lsn, path)
                 expected = first_lsn
             elif first_lsn != expected:
+                if first_lsn < expected and self._is_stray(path):
+                    log.warning("log %s: removed a stray segment a writer created before it died", path)
+                    path.unlink()
+                    continue
                 if first_lsn > expected:
                     raise MissingSegmentError(self.directory, expected, first_lsn, path)
                 raise LogCorruptionError(path, 0, f"segment starts at {first_lsn}, expected {expected}")
@@ -357,11 +367,24 @@ class UpdateLog:
             if torn is not None:
                 report.torn_tail = torn
                 self._truncate(torn)
-            if is_last:
-                self._append_end = end if torn is None or torn.offset >= SEGMENT_HEADER_SIZE else 0
+            if torn is not None and torn.offset < SEGMENT_HEADER_SIZE:
+                continue
+            self._last_segment, self._append_end = first_lsn, end
+        if self._last_segment is not None:
+            fd = os.open(self.directory / segment_name(self._last_segment), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _sync_file(fd)
+            finally:
+                os.close(fd)
         report.records = len(records)
         report.last_lsn = max(report.last_lsn, after_lsn)
         return records, report
+
+    @staticmethod
+    def _is_stray(path: Path) -> bool:
+        """True for a segment with a valid header and no valid record (an unpublished roll-over)."""
+        data = path.read_bytes()
+        return check_segment_header(data) is None and isinstance(decode_at(data, SEGMENT_HEADER_SIZE), FrameProblem)
 
     def _read_published(self, after_lsn: int) -> tuple[list[Record], ReplayReport]:
         """Read the records after `after_lsn` up to the end the head publishes (append lock held)."""
@@ -389,6 +412,10 @@ class UpdateLog:
             records.extend(seg_records)
         if records and records[0].lsn != after_lsn + 1:
             raise MissingSegmentError(self.directory, after_lsn + 1, records[0].lsn, self.directory)
+        reached = records[-1].lsn if records else after_lsn
+        if reached < head.last_lsn:
+            raise LogCorruptionError(self.directory / segment_name(head.segment), head.end,
+                                     f"the head says the log reaches record {head.last_lsn}; it ends at {reached}")
         report.records = len(records)
         report.last_lsn = max(head.last_lsn, after_lsn)
         return records, report
@@ -423,20 +450,22 @@ class UpdateLog:
             os.close(fd)
 
     def _start_segment(self, first_lsn: int, need: int) -> None:
-        """Create the segment whose first record will be `first_lsn` (always fsynced but in LAZY mode)."""
+        """Create the segment whose first record will be `first_lsn`, durably in every mode (it is shared:
+        another process's PARANOID records will go into it)."""
         path = self.directory / segment_name(first_lsn)
         minimum = need + SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE
-        self._segment = _OpenSegment.create(path, max(self.segment_size, minimum), need=minimum,
-                                            sync=self.durability is not Durability.LAZY,
+        self._segment = _OpenSegment.create(path, max(self.segment_size, minimum), need=minimum, sync=True,
                                             write_through=self._write_through, mode=self.file_mode)
         self._segment_first = first_lsn
-        if self.durability is not Durability.LAZY:
-            fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def _follow_head(self) -> None:
         """Point this process's write handle at the head's segment and end, creating it if it is new."""
         head = self._head
         assert head is not None
+        if self._segment is not None and os.fstat(self._segment.fd).st_size < self._segment.capacity:
+            self._close_segment(self._segment)
+            self._segment = None
         if self._segment is None or self._segment_first != head.segment:
             if self._segment is not None:
                 self._close_segment(self._segment)
@@ -471,8 +500,8 @@ class UpdateLog:
             if segment.capacity - segment.end >= headroom + FRAME_HEADER_SIZE:
                 return
             need = headroom + FRAME_HEADER_SIZE
-            if segment.end + need <= self.segment_size:
-                segment.reserve(self.segment_size, need)
+            if segment.end + need <= self.segment_size or segment.end <= SEGMENT_HEADER_SIZE:
+                segment.reserve(max(self.segment_size, segment.end + need), need)
                 return
             at_end = self._cursor.lsn == head.last_lsn
             self._roll(headroom)
@@ -494,6 +523,11 @@ class UpdateLog:
         if self._head is None:
             raise ClosedError("the update log is closed")
         return self._head
+
+    @property
+    def read_position(self) -> int:
+        """The lsn of the last record this process has read (or written)."""
+        return self._cursor.lsn
 
     def changed(self) -> bool:
         """True when another process published records this one has not read (one word compared)."""
@@ -624,8 +658,8 @@ class UpdateLog:
                 assert segment is not None
                 end = segment.end + size
                 if end + FRAME_HEADER_SIZE > segment.capacity:
-                    if end + FRAME_HEADER_SIZE <= self.segment_size:
-                        segment.reserve(self.segment_size, size + FRAME_HEADER_SIZE)
+                    if end + FRAME_HEADER_SIZE <= self.segment_size or segment.end <= SEGMENT_HEADER_SIZE:
+                        segment.reserve(max(self.segment_size, end + FRAME_HEADER_SIZE), size + FRAME_HEADER_SIZE)
                     else:
                         self._roll(size)
                         segment = self._segment
@@ -667,32 +701,48 @@ class UpdateLog:
             return
         assert self._head is not None
         length = int.from_bytes(tail[:4], "little")
+        size = os.fstat(segment.fd).st_size
+        span = max(len(tail), min(FRAME_HEADER_SIZE + length, size - segment.end, RELEASE_CHUNK))
         log.warning("log %s: cut off a record of %d bytes at offset %d left by a writer that died mid-append",
                     segment.path, length, segment.end)
-        os.pwrite(segment.fd, bytes(len(tail)), segment.end)
+        os.pwrite(segment.fd, bytes(span), segment.end)
         self._head.note_torn()
         self.torn_cut += 1
 
     def _roll(self, need: int = 0) -> None:
-        """Seal the current segment (trimmed, fsynced) and start the next (append lock held).
+        """Seal the current segment and start the next (append lock held).
 
-        A sealed segment is always fsynced, whatever this process's mode, so that a
-        record in it is durable for every process (the head's durable lsn says so)."""
+        Order matters to the other processes: the old segment is fsynced first (in every
+        mode, so a record in a sealed segment is durable for everyone and the head says so),
+        then the next segment is created and published, and only then is the old one trimmed
+        to its last record (a process that still maps it follows the head first, so it never
+        writes past the new end). A failure before publishing leaves the log as it was; a
+        writer dying after creating the next segment leaves a stray the next roll removes."""
         old = self._segment
         head = self._head
         assert old is not None and head is not None
-        old.trim(old.end)
+        old_end = old.end
         old.sync()
         self.fsync_count += 1
         head.note_durable(head.last_lsn)
         with self._sync_cond:
             self._durable_lsn = max(self._durable_lsn, head.last_lsn)
             self._sync_cond.notify_all()
-        self._close_segment(old)
+        next_first = head.last_lsn + 1
+        assert next_first != head.segment, "an empty segment is extended, never rolled"
+        for first, path in list_segments(self.directory):
+            if first > head.segment and first != next_first:
+                path.unlink(missing_ok=True)
         self._segment = None
-        self._start_segment(head.last_lsn + 1, need)
+        try:
+            self._start_segment(next_first, need)
+        except BaseException:
+            self._segment = old
+            raise
         assert self._segment is not None
         head.publish(self._segment_first, self._segment.end, head.last_lsn)
+        old.trim(old_end)
+        self._close_segment(old)
 
     def roll(self) -> None:
         """Start a new segment now, so that everything written so far lies in older ones."""
@@ -712,8 +762,12 @@ class UpdateLog:
         """Block until every record up to `lsn` (default: all this process knows of) is on disk.
 
         One thread of a process fsyncs at a time and the others wait for it (group
-        commit); a record another process's fsync already covered needs none."""
+        commit); a record another process's fsync already covered needs none. It never
+        takes the append lock (a caller may hold it): the head's position is read lock-free,
+        and a record in an older segment was fsynced when that segment was sealed."""
         target = self.last_lsn if lsn is None else lsn
+        if self.durable_lsn >= self._written_lsn:
+            self._flusher_armed = False
         with self._sync_cond:
             while self.durable_lsn < target:
                 if self._failure is not None:
@@ -728,19 +782,21 @@ class UpdateLog:
         path: Path | None = None
         try:
             head = self.lock()
-            with head:
-                self._flusher_armed = False
-                upto = head.last_lsn
-                path = self.directory / segment_name(head.segment)
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if upto > self._durable_lsn else None
-            if fd is not None:
+            self._flusher_armed = False
+            upto, segment_first, _ = head.position()
+            path = self.directory / segment_name(segment_first)
+            if upto > self._durable_lsn:
                 try:
-                    _sync_file(fd)
-                finally:
-                    os.close(fd)
-                self.fsync_count += 1
-            with head:
-                head.note_durable(upto)
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fd = None
+                if fd is not None:
+                    try:
+                        _sync_file(fd)
+                    finally:
+                        os.close(fd)
+                    self.fsync_count += 1
+            head.note_durable(upto)
         except (OSError, ValueError) as exc:
             with self._sync_cond:
                 self._failure = exc
@@ -841,7 +897,7 @@ class UpdateLog:
 
 
 class _OpenSegment:
-    """The segment being appended to: a preallocated sparse file, mapped shared into memory.
+    """The segment being appended to: a preallocated (allocated, not sparse) file, mapped shared into memory.
 
     With `write_through` (PARANOID) there is no map: each frame is written with pwrite,
     since every record is fsynced at once anyway, and a mapped page would take a fault

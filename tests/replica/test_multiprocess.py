@@ -308,3 +308,85 @@ def test_processes_opening_and_closing_at_once_never_refuse_each_other(tmp_path:
         assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
     with Replica.open(tmp_path) as r:
         assert r.counters.value("opens") == 90
+
+
+def test_a_stray_segment_of_a_writer_that_died_rolling_over_is_harmless(tmp_path: Path) -> None:
+    """A roller creates the next segment and dies before publishing it: writers go on in the published
+    segment, the next roll removes the stray, and a later open alone finds every record."""
+    from replica.frames import encode_segment_header
+    from replica.update_log import segment_name
+
+    with Replica.open(tmp_path, segment_size=64 * 1024) as r:
+        r.tasks.create("first", id="t1")
+        head = LogHead.open(tmp_path / "log")
+        try:
+            stray = tmp_path / "log" / segment_name(head.last_lsn + 1)
+        finally:
+            head.close()
+        stray.write_bytes(encode_segment_header())
+        with Replica.open(tmp_path, segment_size=64 * 1024) as other:
+            for i in range(5):
+                other.tasks.create(f"after {i}", id=f"a{i}")
+        assert {t.id for t in r.tasks.list()} == {"t1", "a0", "a1", "a2", "a3", "a4"}
+    with Replica.open(tmp_path) as alone:
+        assert {t.id for t in alone.tasks.list()} == {"t1", "a0", "a1", "a2", "a3", "a4"}
+        assert not stray.exists() or len(stray.read_bytes()) > 16
+
+
+def test_a_complete_record_a_writer_never_published_is_cut_whole(tmp_path: Path) -> None:
+    """A writer killed after writing its whole record but before publishing: the next writer's record
+    takes that lsn, readers see only the published one, and a later open alone reports no torn tail."""
+    from replica.frames import encode_record
+
+    with Replica.open(tmp_path) as r:
+        r.tasks.create("first", id="t1")
+        with Replica.open(tmp_path) as ghost:
+            ghost.tasks.create("ghost", id="g")
+        head = LogHead.open(tmp_path / "log")
+        try:
+            path = tmp_path / "log" / f"{head.segment:016d}.log"
+            frame = encode_record(head.last_lsn + 1, 1, b"\x00\x00")
+            with open(path, "r+b") as out:
+                out.seek(head.end)
+                out.write(frame + b"\x77" * 64)
+        finally:
+            head.close()
+        with Replica.open(tmp_path) as live:
+            live.tasks.create("live", id="t2")
+        assert {t.id for t in r.tasks.list()} == {"t1", "g", "t2"}
+    with Replica.open(tmp_path) as alone:
+        assert {t.id for t in alone.tasks.list()} == {"t1", "g", "t2"}
+        assert alone.open_report.replay.torn_tail is None
+
+
+def test_paranoid_local_writes_and_peer_updates_on_two_threads_do_not_deadlock(tmp_path: Path) -> None:
+    """sync() never takes the append lock, so a thread holding it while fsyncing cannot wait on one that needs it."""
+    peer = Replica.memory("peer")
+    for i in range(60):
+        peer.tasks.create(f"peer {i}", id=f"p{i}")
+    with Replica.open(tmp_path, durability="paranoid") as r:
+        errors: list[BaseException] = []
+
+        def local() -> None:
+            try:
+                for i in range(60):
+                    r.tasks.create(f"local {i}", id=f"l{i}")
+            except BaseException as exc:
+                errors.append(exc)
+
+        def remote() -> None:
+            try:
+                for i in range(60):
+                    r.apply_update(peer.diff(), origin="peer")
+                    peer.tasks.update(f"p{i}", status="completed")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=local), threading.Thread(target=remote)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads), "writers deadlocked"
+        assert not errors, errors
+        assert len(r.tasks.list()) == 120
