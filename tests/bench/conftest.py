@@ -30,6 +30,15 @@ def report(name: str, ours: float, baseline: float, unit: str, *, goal: str, hig
     return ratio
 
 
+def write_task_board(path: Path, tasks: int) -> None:
+    """A data directory holding `tasks` tasks, written by a child process that closes it cleanly."""
+    code = ("import sys\nfrom replica import Replica\nwith Replica.open(sys.argv[1], durability='lazy') as r:\n"
+            "    with r.transaction():\n"
+            f"        for i in range({tasks}):\n"
+            "            r.tasks.create(f'task {i}', tags=['bench'], properties={'n': i})\n")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+
+
 def best_of(runs: int, fn: Callable[[], float]) -> float:
     """Median of `runs` measurements (each a rate or a duration computed by `fn`)."""
     return statistics.median(fn() for _ in range(runs))

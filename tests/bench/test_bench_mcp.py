@@ -25,7 +25,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from replica import Replica
 
-from .conftest import report
+from .conftest import report, write_task_board
 
 AGENTSTATE = str(Path(sys.executable).parent / "agentstate")
 ECHO = str(Path(__file__).with_name("mcp_echo.py"))
@@ -34,15 +34,6 @@ CREATES = 300
 LISTS = 60
 WARMUP = 10
 CREATE_RATIO_GOAL = 2.0
-
-
-def _board(path: Path) -> None:
-    """A data directory holding TASKS tasks, written by a child that closes it cleanly."""
-    code = ("import sys\nfrom replica import Replica\nwith Replica.open(sys.argv[1], durability='lazy') as r:\n"
-            "    with r.transaction():\n"
-            f"        for i in range({TASKS}):\n"
-            "            r.tasks.create(f'task {i}', tags=['bench'], properties={'n': i})\n")
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
 
 
 def _list_in_process(data: Path) -> float:
@@ -96,7 +87,7 @@ def _show(label: str, echo_times: list[float], our_times: list[float]) -> float:
 @pytest.mark.bench
 def test_mcp_round_trip_beside_the_sdk_echo(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    _board(data)
+    write_task_board(data, TASKS)
     inside = _list_in_process(data)
     ratios: dict[str, float] = {}
 
