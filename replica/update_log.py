@@ -966,10 +966,6 @@ class _OpenSegment:
         self._released = (self.end // RELEASE_CHUNK) * RELEASE_CHUNK
         self.release_at = self._released + 2 * RELEASE_CHUNK
 
-    def fits(self, length: int) -> bool:
-        """True if a frame of `length` bytes fits, leaving room for the zero end marker."""
-        return self.end + length + FRAME_HEADER_SIZE <= self.capacity
-
     def write(self, frame: bytes) -> None:
         """Copy a frame in; it is in the page cache (safe from a process crash) on return."""
         end = self.end + len(frame)

@@ -12,7 +12,6 @@ structured copy) through the SDK; that goal is not met, and the figure is shown 
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable

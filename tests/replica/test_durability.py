@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,12 +9,11 @@ from pathlib import Path
 import pytest
 
 import replica.update_log as update_log
-from replica import DataDirLockedError, Durability, Replica, ReplicaError
+from replica import Durability, Replica, ReplicaError
 from replica.statevector import decode_state_vector
 
 from .helpers import doc_roots, segments, task_ids, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def write_some(r: Replica, prefix: str, count: int) -> None:
