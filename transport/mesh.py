@@ -34,6 +34,7 @@ from replica.statevector import decode_state_vector, missing_from
 from transport import closecodes
 from transport.auth import TokenAuth, check_listen_safety, token_from_request
 from transport.awareness import AwarenessTable
+from transport.http import HttpRoutes
 from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy
 from transport.messages import MAX_ROOM_SIZE, AuthPermissionDenied, encode
 from transport.peer import PeerConnection
@@ -192,6 +193,8 @@ class Mesh:
         use_digest: bool = True,
         ping_interval: float | None = 20.0,
         close_timeout: float = 5.0,
+        routes: HttpRoutes | None = None,
+        follow: bool = True,
     ) -> None:
         if not room or not room.isprintable() or len(room.encode("utf-8")) > MAX_ROOM_SIZE:
             raise ValueError(f"room must be printable and 1-{MAX_ROOM_SIZE} bytes: {room!r}")
@@ -207,6 +210,8 @@ class Mesh:
         self.use_digest = use_digest
         self.ping_interval = ping_interval
         self.close_timeout = close_timeout
+        self.routes = routes if routes is not None else HttpRoutes()
+        self._follow = follow
         self._auth = TokenAuth(tokens, read_only_tokens)
         self._peer_token = peer_token
         self._certfile, self._keyfile, self._cafile = certfile, keyfile, cafile
@@ -281,7 +286,8 @@ class Mesh:
         self._started = True
         self._changed = asyncio.Condition()
         self._unsubscribe = self.replica.on_update(self._on_replica_update)
-        self.replica.follow()
+        if self._follow:
+            self.replica.follow()
         if self.use_digest:
             # warm the digest cache (and the worker thread) while the first dial connects;
             # _digest() checks the generation again when a connection asks for it
@@ -306,6 +312,7 @@ class Mesh:
                 ping_interval=self.ping_interval,
                 close_timeout=self.close_timeout,
                 create_connection=_ServerConnection,
+                process_request=self.routes.process_request,
             )
         except BaseException:
             self._unsubscribe()
@@ -411,6 +418,26 @@ class Mesh:
                 Role.LISTENER,
                 name=remote,
                 read_only=access.read_only,
+                expects_hello=request.headers.get(HELLO_HEADER) == "1",
+            )
+        finally:
+            self._inbound.discard(ws)
+
+    async def serve_admitted(self, ws: ServerConnection, *, read_only: bool) -> None:
+        """Serve a websocket that a hub has already admitted (room routed, token checked)."""
+        remote = _format_address(ws.remote_address)
+        self._inbound.add(ws)
+        try:
+            if self._stopping:
+                await ws.close(closecodes.GOING_AWAY, _close_reason(closecodes.GOING_AWAY))
+                return
+            request = ws.request
+            assert request is not None
+            await self._serve_connection(
+                ws,
+                Role.LISTENER,
+                name=remote,
+                read_only=read_only,
                 expects_hello=request.headers.get(HELLO_HEADER) == "1",
             )
         finally:
