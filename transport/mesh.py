@@ -17,7 +17,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,6 +195,7 @@ class Mesh:
         close_timeout: float = 5.0,
         routes: HttpRoutes | None = None,
         follow: bool = True,
+        before_apply: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         if not room or not room.isprintable() or len(room.encode("utf-8")) > MAX_ROOM_SIZE:
             raise ValueError(f"room must be printable and 1-{MAX_ROOM_SIZE} bytes: {room!r}")
@@ -212,6 +213,7 @@ class Mesh:
         self.close_timeout = close_timeout
         self.routes = routes if routes is not None else HttpRoutes()
         self._follow = follow
+        self._before_apply = before_apply
         self._auth = TokenAuth(tokens, read_only_tokens)
         self._peer_token = peer_token
         self._certfile, self._keyfile, self._cafile = certfile, keyfile, cafile
@@ -635,7 +637,12 @@ class Mesh:
                     self._reject(conn, closecodes.RATE_LIMITED, "rate_limited", f"over the {broken} limit")
                     continue
                 for event in conn.session.receive(frame):
-                    if not self._on_event(conn, event):
+                    if self._before_apply is not None and isinstance(event, (StepTwoReceived, UpdateReceived)):
+                        if conn.holding:
+                            conn.release_opening()
+                        if not await self._store_then_apply(conn, event):
+                            break
+                    elif not self._on_event(conn, event):
                         break
         except ConnectionClosedError as error:
             sent = error.sent
@@ -743,25 +750,56 @@ class Mesh:
             return a if a_wins else b
         return a if a.sequence > b.sequence else b
 
-    def _apply(self, conn: PeerConnection, update: bytes) -> bool:
-        """Apply a peer's update with the peer as origin; refuse bad bytes with 4400.
+    async def _store_then_apply(self, conn: PeerConnection, event: StepTwoReceived | UpdateReceived) -> bool:
+        """With a `before_apply` hook (a hub's durable stream): check, store, then apply and relay.
+
+        Only what passed the integrity check is stored; a store failure closes the connection
+        with 1013 so the client retries (and resends) instead of believing it was kept.
+        """
+        if isinstance(event, StepTwoReceived):
+            conn.repair_requested = False
+        before = decode_state_vector(self.replica.state_vector())
+        checked = self._check(conn, event.update, before)
+        if checked is None:
+            return False
+        update, problem = checked
+        assert self._before_apply is not None
+        try:
+            await self._before_apply(update)
+        except Exception as error:
+            log.warning("event=store_failed peer=%s error=%s", conn.name, json.dumps(str(error)[:200]))
+            self._close(conn, closecodes.TRY_AGAIN_LATER, "storage unavailable")
+            return False
+        return self._apply_checked(conn, update, problem, before)
+
+    def _check(self, conn: PeerConnection, update: bytes, before: Mapping[int, int]) -> tuple[bytes, str | None] | None:
+        """The integrable part of a peer's update and why the rest waits; None once refused.
 
         Updates up to `limits.integrity_check_bytes` are parsed first: malformed ones are
         refused (pycrdt would integrate a prefix of them and ignore the rest), and the part
         that cannot integrate at once is cut off and asked for again (`_defer`).
         """
+        if len(update) > self.limits.integrity_check_bytes:
+            return update, None
+        try:
+            return integrable_part(update, before)
+        except UpdateFormatError as error:
+            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"malformed update: {error}")
+        except Exception as error:
+            log.exception("event=integrity_check_failed peer=%s bytes=%d", conn.name, len(update))
+            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"update could not be checked: {error}")
+        return None
+
+    def _apply(self, conn: PeerConnection, update: bytes) -> bool:
+        """Apply a peer's update with the peer as origin; refuse bad bytes with 4400 (see `_check`)."""
         before = decode_state_vector(self.replica.state_vector())
-        problem = None
-        if len(update) <= self.limits.integrity_check_bytes:
-            try:
-                update, problem = integrable_part(update, before)
-            except UpdateFormatError as error:
-                self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"malformed update: {error}")
-                return False
-            except Exception as error:
-                log.exception("event=integrity_check_failed peer=%s bytes=%d", conn.name, len(update))
-                self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"update could not be checked: {error}")
-                return False
+        checked = self._check(conn, update, before)
+        if checked is None:
+            return False
+        return self._apply_checked(conn, checked[0], checked[1], before)
+
+    def _apply_checked(self, conn: PeerConnection, update: bytes, problem: str | None, before: Mapping[int, int]) -> bool:
+        """Apply an update that passed `_check`; defer what could not integrate yet."""
         try:
             changed = self.replica.apply_update(update, origin=conn.origin)
         except InvalidUpdateError as error:
