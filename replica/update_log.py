@@ -12,6 +12,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 from dataclasses import dataclass, field
@@ -276,6 +277,8 @@ class UpdateLog:
         self._failure: BaseException | None = None
         self._flusher: threading.Thread | None = None
         self.fsync_count = 0
+        self.fsync_observer: Callable[[float], None] | None = None
+        """Called with the seconds each group-commit fsync took (metrics); from any thread."""
         self.torn_cut = 0
         self.bytes_since_snapshot = 0
         self.records_since_snapshot = 0
@@ -791,11 +794,15 @@ class UpdateLog:
                 except FileNotFoundError:
                     fd = None
                 if fd is not None:
+                    started = time.perf_counter()
                     try:
                         _sync_file(fd)
                     finally:
                         os.close(fd)
                     self.fsync_count += 1
+                    observer = self.fsync_observer
+                    if observer is not None:
+                        observer(time.perf_counter() - started)
             head.note_durable(upto)
         except (OSError, ValueError) as exc:
             with self._sync_cond:

@@ -245,6 +245,8 @@ class Mesh:
         self._started = False
         self._stopping = False
         self._stopped = False
+        self.apply_observer: Callable[[float], None] | None = None
+        """Called with the seconds each successful apply of a peer's update took (metrics)."""
 
     # -- configuration helpers ------------------------------------------------------------
 
@@ -800,6 +802,7 @@ class Mesh:
 
     def _apply_checked(self, conn: PeerConnection, update: bytes, problem: str | None, before: Mapping[int, int]) -> bool:
         """Apply an update that passed `_check`; defer what could not integrate yet."""
+        started = time.perf_counter()
         try:
             changed = self.replica.apply_update(update, origin=conn.origin)
         except InvalidUpdateError as error:
@@ -818,6 +821,8 @@ class Mesh:
             self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"pycrdt panicked: {error}")
             return False
         conn.counters["updates_applied" if changed else "updates_redundant"] += 1
+        if self.apply_observer is not None:
+            self.apply_observer(time.perf_counter() - started)
         if changed:
             conn.note_received(before, self.replica.state_vector())
         if problem is not None:
@@ -985,5 +990,7 @@ class Mesh:
                 "digest_matches": totals["digest_matches"],
                 "duplicates_closed": totals["duplicates_closed"],
                 "split_updates": totals["split_updates"],
+                "updates_in": totals["updates_applied"] + totals["updates_redundant"],
+                "updates_out": totals["update_frames_out"] + totals["step2_frames_out"],
             },
         }

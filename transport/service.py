@@ -11,8 +11,10 @@ from dataclasses import fields
 from typing import Any
 
 from replica.replica import Replica
+from transport.http import HttpRoutes
 from transport.limits import Limits, ReconnectPolicy
 from transport.mesh import DEFAULT_AWARENESS_INTERVAL, Mesh, parse_listen
+from transport.metrics import ServerMetrics, add_health_routes, add_metrics_routes, mesh_ready
 
 LIMIT_KEYS = frozenset(field.name for field in fields(Limits))
 """Option keys (flat, or inside options["limits"]) that set a `Limits` field."""
@@ -80,6 +82,7 @@ def build_limits(options: dict[str, Any]) -> Limits:
 def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshService | None:
     """A MeshService for the serve options, or None when neither `listen` nor `peers` is given.
 
+    A listening mesh also answers GET /metrics, /healthz and /readyz (transport.metrics).
     Keys: listen ("HOST:PORT"), peers (URLs), room, token / tokens, read_only_tokens,
     peer_token (default: the first token), tls_cert, tls_key, tls_ca, insecure_public,
     limits (or flat Limits keys), awareness_interval, presence, reconnect_initial,
@@ -90,6 +93,7 @@ def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshServi
     if not listen_option and not peers:
         return None
     listen = parse_listen(listen_option) if listen_option else None
+    routes = HttpRoutes()
     tokens = _strings(options.get("token"), "token") + _strings(options.get("tokens"), "tokens")
     reconnect = ReconnectPolicy(
         initial=float(options.get("reconnect_initial") or ReconnectPolicy.initial),
@@ -111,5 +115,10 @@ def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshServi
         reconnect=reconnect,
         awareness_interval=float(options.get("awareness_interval") or DEFAULT_AWARENESS_INTERVAL),
         presence=options.get("presence"),
+        routes=routes,
     )
+    metrics = ServerMetrics()
+    metrics.watch(mesh)
+    add_metrics_routes(routes, metrics)
+    add_health_routes(routes, mesh_ready(mesh))
     return MeshService(mesh)
