@@ -38,6 +38,7 @@ from transport.http import HttpRoutes
 from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy
 from transport.messages import MAX_ROOM_SIZE, AuthPermissionDenied, encode
 from transport.peer import PeerConnection
+from transport.ratelog import RateLimitedLog
 from transport.session import (
     AwarenessQueried,
     AwarenessReceived,
@@ -54,7 +55,7 @@ from transport.session import (
     UpdateReceived,
     UpdateRefused,
 )
-from transport.updates import UpdateFormatError, integrable_part, state_digest
+from transport.updates import UpdateFormatError, document_digest, integrable_part
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ class Mesh:
         self._started = False
         self._stopping = False
         self._stopped = False
+        self.rejection_log = RateLimitedLog(log)
+        """Rejections are logged at most `lines` per `interval` per reason (every one is counted)."""
         self.apply_observer: Callable[[float], None] | None = None
         """Called with the seconds each successful apply of a peer's update took (metrics)."""
 
@@ -354,6 +357,7 @@ class Mesh:
         if self._unsubscribe is not None:
             self._unsubscribe()
         await asyncio.to_thread(self.replica.flush)
+        self.rejection_log.flush()
         log.info("event=stopped replica=%s", self.replica_id)
 
     async def __aenter__(self) -> Mesh:
@@ -861,10 +865,10 @@ class Mesh:
         self._spawn(conn.ws.close(code, _close_reason(code)))
 
     def _log_rejection(self, peer: str, reason: str, code: int | None, detail: str) -> None:
-        """The one structured line and the counter every rejected input gets."""
+        """The counter every rejected input gets, and a structured line at a bounded rate per reason."""
         self._rejections[reason] += 1
-        log.warning(
-            "event=rejected reason=%s peer=%s code=%s detail=%s",
+        self.rejection_log.warning(
+            reason, "event=rejected reason=%s peer=%s code=%s detail=%s",
             reason, peer, code if code is not None else "-", json.dumps(detail[:300]),
         )
 
@@ -902,7 +906,7 @@ class Mesh:
             return cached[1]
         started = time.monotonic()
         try:
-            digest = await asyncio.to_thread(self._compute_digest)
+            digest = await asyncio.to_thread(document_digest, self.replica)
         except UpdateFormatError as error:
             log.warning("event=digest_unavailable error=%s", json.dumps(str(error)))
             return None
@@ -935,11 +939,6 @@ class Mesh:
             if current == seen and (cached is None or cached[0] != current):
                 await self._digest()
             seen = current
-
-    def _compute_digest(self) -> bytes:
-        """Hash of the state vector and the delete set (see transport.updates.state_digest)."""
-        state_vector = self.replica.state_vector()
-        return state_digest(state_vector, self.replica.diff(state_vector))
 
     # -- status ---------------------------------------------------------------------------
 
