@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node_modules/.installed
 
-.PHONY: setup serve test test-long bench clean
+.PHONY: setup serve test test-long bench board clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ test-long: $(STAMP) $(NODE_STAMP)
 
 bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest tests/bench -p no:cacheprovider -s -q
+
+# The live board's script (transport/board/board.js, committed so a pip install needs no Node):
+# yjs and y-websocket bundled from tests/node_modules; tests/board checks the committed file is this output.
+BOARD_OUT ?= transport/board/board.js
+board: $(NODE_STAMP)
+	NODE_PATH=tests/node_modules tests/node_modules/.bin/esbuild transport/board/src/board.mjs --bundle \
+		--format=iife --platform=browser --target=es2020 --minify --log-level=warning --outfile=$(BOARD_OUT)
 
 clean:
 	rm -rf $(VENV) tests/node_modules .pytest_cache .hypothesis

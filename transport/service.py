@@ -11,6 +11,8 @@ from dataclasses import fields
 from typing import Any
 
 from replica.replica import Replica
+from transport.auth import TokenAuth
+from transport.board import add_board_routes
 from transport.http import HttpRoutes
 from transport.limits import Limits, ReconnectPolicy
 from transport.mesh import DEFAULT_AWARENESS_INTERVAL, Mesh, parse_listen
@@ -82,7 +84,8 @@ def build_limits(options: dict[str, Any]) -> Limits:
 def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshService | None:
     """A MeshService for the serve options, or None when neither `listen` nor `peers` is given.
 
-    A listening mesh also answers GET /metrics, /healthz and /readyz (transport.metrics).
+    A listening mesh also answers GET /metrics, /healthz and /readyz (transport.metrics) and
+    serves the live board at / (transport.board).
     Keys: listen ("HOST:PORT"), peers (URLs), room, token / tokens, read_only_tokens,
     peer_token (default: the first token), tls_cert, tls_key, tls_ca, insecure_public,
     limits (or flat Limits keys), awareness_interval, presence, reconnect_initial,
@@ -121,4 +124,6 @@ def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshServi
     metrics.watch(mesh)
     add_metrics_routes(routes, metrics)
     add_health_routes(routes, mesh_ready(mesh))
+    read_only_tokens = _strings(options.get("read_only_tokens"), "read_only_tokens")
+    add_board_routes(routes, room=mesh.room, auth=TokenAuth(tokens, read_only_tokens))
     return MeshService(mesh)
