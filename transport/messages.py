@@ -15,6 +15,8 @@ from typing import Any, TypeAlias
 
 import msgpack
 
+from replica import statevector
+from replica.statevector import encode_state_vector
 from transport import closecodes
 from transport.wire import (
     ProtocolError,
@@ -212,32 +214,12 @@ def decode(data: bytes) -> Message:
     return message
 
 
-def encode_state_vector(state_vector: dict[int, int]) -> bytes:
-    """Encode a {client id: clock} map as a lib0 state vector (as Yjs encodeStateVector)."""
-    parts = [encode_varuint(len(state_vector))]
-    for client_id, clock in state_vector.items():
-        parts.append(encode_varuint(client_id))
-        parts.append(encode_varuint(clock))
-    return b"".join(parts)
-
-
 def decode_state_vector(data: bytes) -> dict[int, int]:
-    """Parse a lib0 state vector (count, then client/clock pairs) or raise ProtocolError."""
-    reader = Reader(data)
-    count = reader.read_varuint("state vector length")
-    if count > reader.remaining // 2:
-        raise ProtocolError(
-            f"state vector claims {count} entries but only {reader.remaining} byte(s) follow"
-        )
-    state_vector: dict[int, int] = {}
-    for _ in range(count):
-        client_id = reader.read_varuint("state vector client id")
-        clock = reader.read_varuint("state vector clock")
-        if client_id in state_vector:
-            raise ProtocolError(f"state vector names client {client_id} twice")
-        state_vector[client_id] = clock
-    reader.expect_end("state vector")
-    return state_vector
+    """Parse a state vector a peer sent, at the codec's PROTOCOL strictness, or raise ProtocolError."""
+    try:
+        return statevector.decode_state_vector(data, statevector.Strictness.PROTOCOL)
+    except statevector.VarUintError as error:
+        raise ProtocolError(str(error)) from None
 
 
 def encode_awareness_update(entries: list[AwarenessEntry]) -> bytes:

@@ -4,7 +4,7 @@ pycrdt can only produce suffixes of a document's history (`get_update(state_vect
 so an update too big for one frame is cut here at struct boundaries, in causal order:
 applied in the order given, every piece integrates completely. `integrable_part` keeps
 the part of a received update that integrates at once, so that nothing stays pending
-in the Doc. `state_digest` names a document state for the cheap reconnect. Struct
+in the Doc. `document_digest` names a document state for the cheap reconnect. Struct
 contents are skipped, never interpreted; a byte layout not recognised raises
 `UpdateFormatError`.
 """
@@ -17,7 +17,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from transport.wire import encode_varuint
+from pycrdt import Doc
+
+from replica.replica import Replica
+from replica.statevector import Strictness, VarUintError, decode_state_vector, encode_varuint, read_varuint
 
 MAX_ANY_DEPTH = 256
 """Nesting depth of lib0 `Any` values accepted while skipping content."""
@@ -53,24 +56,16 @@ class _Cursor:
         self.pos = pos
 
     def varuint(self) -> int:
-        """Read one varuint (lenient about size: only boundaries matter here)."""
+        """Read one varuint (the codec's LENIENT strictness: only boundaries matter here)."""
         data, pos = self.data, self.pos
         if pos < len(data) and data[pos] < 0x80:
             self.pos = pos + 1
             return data[pos]
-        value, shift = 0, 0
-        while True:
-            if pos >= len(data):
-                raise UpdateFormatError("update is truncated")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                self.pos = pos
-                return value
-            shift += 7
-            if shift > 70:
-                raise UpdateFormatError("over-long varuint in update")
+        try:
+            value, self.pos = read_varuint(data, pos, Strictness.LENIENT, "number in update")
+        except VarUintError as error:
+            raise UpdateFormatError(f"update is malformed: {error}") from None
+        return value
 
     def skip_varuints(self, count: int) -> None:
         """Skip `count` varuints in one regex pass (delete sets hold hundreds of thousands)."""
@@ -536,6 +531,19 @@ def integrable_part(update: bytes, state_vector: Mapping[int, int]) -> tuple[byt
     return b"".join(parts) + _encode_delete_set(entries), reason
 
 
+def document_digest(document: Replica | Doc) -> bytes:
+    """The state digest of a replica or a bare pycrdt Doc, as its hello carries it.
+
+    Taken from its state vector and the diff against it (no structs beyond the vector,
+    unless some are pending, and the whole delete set); see `state_digest`.
+    """
+    if isinstance(document, Doc):
+        state_vector = document.get_state()
+        return state_digest(state_vector, document.get_update(state_vector))
+    state_vector = document.state_vector()
+    return state_digest(state_vector, document.diff(state_vector))
+
+
 def state_digest(state_vector: bytes, delete_set_update: bytes) -> bytes:
     """SHA-256 identifying a document state, independent of the encoder's client order.
 
@@ -545,17 +553,15 @@ def state_digest(state_vector: bytes, delete_set_update: bytes) -> bytes:
     deletions; the reverse may fail (equal states encoded differently), which only
     costs a full diff.
     """
-    vector = _Cursor(state_vector)
-    clocks = []
-    for _ in range(vector.varuint()):
-        clocks.append((vector.varuint(), vector.varuint()))
-    if vector.pos != len(state_vector):
-        raise UpdateFormatError("trailing bytes after the state vector")
+    try:
+        clocks = decode_state_vector(state_vector, Strictness.LENIENT)
+    except VarUintError as error:
+        raise UpdateFormatError(str(error)) from None
     _, delete_offset = _parse_structs(delete_set_update)
     entries = _parse_delete_set(delete_set_update, delete_offset)
     digest = hashlib.sha256(_DIGEST_DOMAIN)
     digest.update(encode_varuint(len(clocks)))
-    for client, clock in sorted(clocks):
+    for client, clock in sorted(clocks.items()):
         digest.update(encode_varuint(client) + encode_varuint(clock))
     digest.update(encode_varuint(delete_offset))
     digest.update(delete_set_update[:delete_offset])

@@ -1,5 +1,6 @@
 """lib0 wire primitives used by the Yjs protocols: varuint, varUint8Array, varString.
 
+Varuints come from the one codec, `replica.statevector`, decoded at its PROTOCOL strictness.
 Encoding follows lib0 (the library y-protocols and Yjs are built on) byte for byte.
 Decoding is total: any malformed input raises :class:`ProtocolError` and nothing else,
 so that callers can hand untrusted bytes to a :class:`Reader` without a catch-all.
@@ -7,13 +8,25 @@ so that callers can hand untrusted bytes to a :class:`Reader` without a catch-al
 
 from __future__ import annotations
 
+from replica.statevector import (
+    MAX_SAFE_INTEGER,
+    MAX_VARUINT_BYTES,
+    Strictness,
+    VarUintError,
+    encode_varuint,
+    read_varuint,
+)
 from transport import closecodes
 
-MAX_SAFE_INTEGER = 2**53 - 1
-"""Largest varuint accepted: JavaScript's Number.MAX_SAFE_INTEGER, as lib0 enforces."""
-
-MAX_VARUINT_BYTES = 8
-"""A varuint of at most 2**53-1 needs at most 8 bytes (7 payload bits per byte)."""
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "MAX_VARUINT_BYTES",
+    "ProtocolError",
+    "Reader",
+    "encode_var_bytes",
+    "encode_var_string",
+    "encode_varuint",
+]
 
 
 class ProtocolError(Exception):
@@ -22,20 +35,6 @@ class ProtocolError(Exception):
     def __init__(self, message: str, close_code: int = closecodes.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.close_code = close_code
-
-
-def encode_varuint(value: int) -> bytes:
-    """Encode a non-negative int as a lib0 varuint (7 bits per byte, little-endian groups)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"varuint must be an int, got {type(value).__name__}")
-    if value < 0 or value > MAX_SAFE_INTEGER:
-        raise ValueError(f"varuint out of range [0, 2**53-1]: {value}")
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def encode_var_bytes(data: bytes) -> bytes:
@@ -90,18 +89,11 @@ class Reader:
 
     def read_varuint(self, what: str = "varuint") -> int:
         """Read a minimally encoded varuint of at most 8 bytes and at most 2**53-1."""
-        start = self._pos
-        value = 0
-        for index in range(MAX_VARUINT_BYTES):
-            byte = self.read_byte(what)
-            value |= (byte & 0x7F) << (7 * index)
-            if byte < 0x80:
-                if byte == 0 and index > 0:
-                    raise ProtocolError(f"non-minimal {what} encoding at offset {start}")
-                if value > MAX_SAFE_INTEGER:
-                    raise ProtocolError(f"{what} at offset {start} exceeds 2**53-1")
-                return value
-        raise ProtocolError(f"{what} at offset {start} is longer than {MAX_VARUINT_BYTES} bytes")
+        try:
+            value, self._pos = read_varuint(self._data, self._pos, Strictness.PROTOCOL, what)
+        except VarUintError as error:
+            raise ProtocolError(str(error)) from None
+        return value
 
     def read_bytes(self, length: int, what: str) -> bytes:
         """Read exactly `length` raw bytes."""

@@ -34,7 +34,7 @@ from transport.messages import (
     encode,
     encode_awareness_update,
 )
-from transport.updates import state_digest
+from transport.updates import document_digest
 from transport.wire import ProtocolError, encode_varuint
 
 WORKERS = 8
@@ -46,10 +46,7 @@ FRAME_LIMIT = 64 * 1024
 
 def doc_fingerprint(doc: Doc) -> tuple[tuple[tuple[int, int], ...], bytes]:
     """Sorted state vector and digest of a bare Doc."""
-    state_vector = doc.get_state()
-    return tuple(sorted(decode_state_vector(state_vector).items())), state_digest(
-        state_vector, doc.get_update(state_vector)
-    )
+    return tuple(sorted(decode_state_vector(doc.get_state()).items())), document_digest(doc)
 
 
 class Corpus:

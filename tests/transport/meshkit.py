@@ -17,7 +17,7 @@ from replica.statevector import decode_state_vector
 from transport.limits import ReconnectPolicy
 from transport.mesh import Mesh
 from transport.messages import Message, SyncStep1, decode, encode
-from transport.updates import state_digest
+from transport.updates import document_digest
 
 M = TypeVar("M")
 
@@ -50,10 +50,7 @@ def node_url(port: int, room: str = "agentstate") -> str:
 
 def fingerprint(replica: Replica) -> tuple[tuple[tuple[int, int], ...], bytes]:
     """State vector (sorted) and digest: equal iff the replicas hold the same document."""
-    state_vector = replica.state_vector()
-    return tuple(sorted(decode_state_vector(state_vector).items())), state_digest(
-        state_vector, replica.diff(state_vector)
-    )
+    return tuple(sorted(decode_state_vector(replica.state_vector()).items())), document_digest(replica)
 
 
 def converged(*replicas: Replica) -> bool:

@@ -14,7 +14,7 @@ from transport.updates import (
     _parse_structs,
     integrable_part,
     split_update,
-    state_digest,
+    document_digest,
 )
 from transport.wire import encode_varuint
 
@@ -57,8 +57,7 @@ def random_docs(seed: int, count: int = 3, steps: int = 600) -> list[Doc]:
 
 def digest_of(doc: Doc) -> bytes:
     """The state digest of a Doc."""
-    state_vector = doc.get_state()
-    return state_digest(state_vector, doc.get_update(state_vector))
+    return document_digest(doc)
 
 
 def applied(*updates: bytes) -> Doc:
