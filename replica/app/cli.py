@@ -193,6 +193,7 @@ class Registry:
                 getattr(import_module(module.strip()), attribute.strip())(self)
             except Exception as exc:
                 print(f"warning: plugin {name} failed to load: {exc}", file=sys.stderr)
+        import_module(".logsetup", __package__).register(self)
 
     def help_text(self) -> str:
         """The top-level help: global options, then every command with its summary."""
