@@ -183,10 +183,12 @@ class Registry:
         self.plugins_loaded = True
         from importlib import import_module
 
-        from . import compat_commands, transport_commands
+        from . import compat_commands, hub_commands, transport_commands
 
         compat_commands.register(self)
         transport_commands.register(self)
+        import_module(".git_commands", __package__).register(self)
+        hub_commands.register(self)
         for name, target in entry_points(PLUGIN_GROUP):
             module, _, attribute = target.partition(":")
             try:
