@@ -341,7 +341,7 @@ function drawGraph (target, graph) {
     target.replaceChildren(el('p', { class: 'empty', text: 'no nodes' }))
     return
   }
-  const size = 520
+  const size = 440
   const radius = shown.length === 1 ? 0 : size / 2 - 70
   const place = new Map(shown.map((node, i) => {
     const angle = (2 * Math.PI * i) / shown.length - Math.PI / 2
