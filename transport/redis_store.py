@@ -1,4 +1,4 @@
-"""Rooms on Redis Streams: stateless hubs keep each room's updates in a Redis Stream (docs/hub.md).
+"""Rooms on Redis Streams: a `RoomStore` (transport.rooms) for stateless hubs (docs/hub.md).
 
 A room opens as an in-memory Replica built from the room's compacted snapshot plus its stream's
 tail, both read by one script (so a concurrent trim never leaves a gap). A client's update is
@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pycrdt import Doc
 from redis.asyncio import Redis
@@ -29,7 +29,8 @@ from replica.datadir import new_replica_id
 from replica.errors import ClosedError, InvalidUpdateError
 from replica.replica import Replica
 from replica.statevector import decode_state_vector
-from transport.messages import MAX_ROOM_SIZE
+from transport.ratelog import RateLimitedLog
+from transport.rooms import check_room_name
 from transport.updates import UpdateFormatError, integrable_part
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ minimum entry age."""
 CONNECT_TIMEOUT = 2.0
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 2.0
-LOG_INTERVAL = 10.0
 
 LUA_ID = """
 local function parse_id(id)
@@ -111,32 +111,6 @@ class StoreUnavailableError(RuntimeError):
     """Redis did not take a write in time (it is away, or refused it): the update is not acknowledged."""
 
 
-class OpenRoom(Protocol):
-    """A loaded room: the replica its Mesh serves, and the hook every client update passes first."""
-
-    replica: Replica
-
-    async def before_apply(self, update: bytes) -> None:
-        """Persist a client's update before it is applied and relayed; raise if it could not be."""
-        ...
-
-    async def close(self) -> None:
-        """Unload the room (the store keeps what was persisted)."""
-        ...
-
-
-class RoomStore(Protocol):
-    """Where a hub's rooms live."""
-
-    async def open(self, name: str) -> OpenRoom:
-        """Load room `name` (created empty if new)."""
-        ...
-
-    async def close(self) -> None:
-        """Unload every room and release the store's resources."""
-        ...
-
-
 @dataclass(frozen=True)
 class RoomKeys:
     """A room's Redis keys; `{room}` is a cluster hash tag, so one room's keys share a slot."""
@@ -178,12 +152,6 @@ def entry_fields(raw: Any) -> dict[bytes, bytes]:
     return {}
 
 
-def check_room_name(name: str) -> None:
-    """Refuse a room name no Mesh would serve (ValueError, nothing changed)."""
-    if not isinstance(name, str) or not name or not name.isprintable() or len(name.encode("utf-8")) > MAX_ROOM_SIZE:
-        raise ValueError(f"room must be printable and 1-{MAX_ROOM_SIZE} bytes: {name!r}")
-
-
 def backoff_delay(attempt: int) -> float:
     """Exponential backoff with jitter: about 50 ms, doubling, capped at 2 s."""
     return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)) * (0.5 + random.random() / 2)
@@ -212,26 +180,6 @@ def redis_client(url: str, socket_timeout: float) -> Redis:
     """A redis-py asyncio client that fails fast (no retry of its own): callers retry with backoff."""
     return Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=socket_timeout,
                           retry=Retry(NoBackoff(), 0))
-
-
-class BoundedLog:
-    """Warnings at most once per reason every LOG_INTERVAL seconds, then one 'suppressed N' count."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._log = logger
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def warning(self, reason: str, message: str, *args: Any) -> None:
-        """Log `message` unless `reason` was logged within LOG_INTERVAL (then count it)."""
-        now = time.monotonic()
-        if now - self._last.get(reason, -LOG_INTERVAL) < LOG_INTERVAL:
-            self._suppressed[reason] += 1
-            return
-        self._last[reason] = now
-        suppressed = self._suppressed.pop(reason, 0)
-        suffix = f" (suppressed {suppressed} more since the last such line)" if suppressed else ""
-        self._log.warning(message + suffix, *args)
 
 
 class RedisRoom:
@@ -288,7 +236,7 @@ class RedisRoomStore:
         self._changed = asyncio.Event()
         self._fanout: asyncio.Task[None] | None = None
         self._closed = False
-        self._log = BoundedLog(log)
+        self._log = RateLimitedLog(log)
         self.counters: Counter[str] = Counter()
         """appended, applied, own_skipped, reconnects, resyncs, rejected:<reason>."""
         self.connected = True
@@ -303,7 +251,8 @@ class RedisRoomStore:
     async def open(self, name: str) -> RedisRoom:
         """Load `name` as an in-memory replica from its snapshot and stream, and follow its stream.
 
-        Raises ValueError for a bad or already open name, StoreUnavailableError if Redis is away."""
+        Raises InvalidRoomError for a bad name, ValueError for one already open here,
+        StoreUnavailableError if Redis is away."""
         check_room_name(name)
         if self._closed:
             raise StoreUnavailableError("the room store is closed")
