@@ -33,11 +33,13 @@ from replica.replica import Replica
 from replica.statevector import decode_state_vector, missing_from
 from transport import closecodes
 from transport.auth import TokenAuth, check_listen_safety, token_from_request
+from transport.claim_protocol import CLAIM_HEADER
 from transport.awareness import AwarenessTable
 from transport.http import HttpRoutes
 from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy
 from transport.messages import MAX_ROOM_SIZE, AuthPermissionDenied, encode
 from transport.peer import PeerConnection
+from transport.relay import LINKS_KEY, live_links, reaches_directly
 from transport.ratelog import RateLimitedLog
 from transport.session import (
     AwarenessQueried,
@@ -214,6 +216,8 @@ class Mesh:
         self.close_timeout = close_timeout
         self.routes = routes if routes is not None else HttpRoutes()
         self._follow = follow
+        self.claim_handler: Any = None
+        """`ArbiterServer.handle` when this node is the room's claim arbiter (`serve --arbiter`), else None."""
         self._before_apply = before_apply
         self._auth = TokenAuth(tokens, read_only_tokens)
         self._peer_token = peer_token
@@ -226,10 +230,11 @@ class Mesh:
         base_presence = {"replica_id": self.replica_id, "room": room, "kind": "agentstate"}
         self._awareness = AwarenessTable(
             replica.client_id,
-            {**base_presence, **dict(presence or {})},
+            {**base_presence, **{key: value for key, value in dict(presence or {}).items() if key != LINKS_KEY}},
             max_states=self.limits.max_awareness_states,
         )
         self._connections: tuple[PeerConnection, ...] = ()
+        self._links: tuple[str, ...] = ()
         self._inbound: set[ServerConnection] = set()
         self._rejections: Counter[str] = Counter()
         self._totals: Counter[str] = Counter()
@@ -387,6 +392,7 @@ class Mesh:
         """Merge `fields` (what this agent works on) into our awareness state and broadcast it."""
         state = dict(self._awareness.local_state or {})
         state.update(fields)
+        state[LINKS_KEY] = list(self._links)
         json.dumps(state, allow_nan=False)
         self._broadcast_awareness(self._awareness.set_local(state))
         return state
@@ -413,6 +419,8 @@ class Mesh:
             assert request is not None
             path, _, query = request.path.partition("?")
             access = self._auth.check(token_from_request(request.headers.get("Authorization"), query))
+            if self.claim_handler is not None and request.headers.get(CLAIM_HEADER) == "1":
+                return await self.claim_handler(ws, access, self._room_matches(path))
             if not access.allowed:
                 with suppress(ConnectionClosed):
                     await ws.send(encode(AuthPermissionDenied(access.reason)))
@@ -620,6 +628,7 @@ class Mesh:
         removal = self._awareness.remove_via(conn.key)
         if removal is not None:
             self._broadcast_awareness(removal)
+        self._advertise_links()
         log.info("event=disconnected peer=%s replica=%s code=%s", conn.name, conn.peer_replica_id, conn.close_code)
         await self._notify_changed()
 
@@ -689,6 +698,7 @@ class Mesh:
                 if target is not None and target.backoff is not None:
                     target.backoff.reset()
             case AwarenessReceived(payload=payload):
+                conn.links.learn(payload, conn.peer_replica_id)
                 relay = self._awareness.apply(payload, via=conn.key)
                 if relay is not None:
                     self._broadcast_awareness(relay, skip=conn)
@@ -736,6 +746,7 @@ class Mesh:
                 self._close(conn, closecodes.DUPLICATE_CONNECTION, "duplicate")
                 return False
             self._close(other, closecodes.DUPLICATE_CONNECTION, "duplicate")
+        self._advertise_links()
         return True
 
     def _spawn(self, coroutine: Any) -> None:
@@ -875,11 +886,45 @@ class Mesh:
     # -- relaying -------------------------------------------------------------------------
 
     def _on_replica_update(self, update: bytes, origin: str | None) -> None:
-        """Replica listener (any thread): queue the change for every peer but its origin."""
+        """Replica listener (any thread): queue the change for every peer but its origin and
+        those its origin reaches directly (transport.relay; local writes go to everyone)."""
         self._generation += 1
+        connections = self._connections
+        source = None
+        if origin is not None:
+            source = next((conn for conn in connections if conn.origin == origin and not conn.closing), None)
+        for conn in connections:
+            if conn.origin == origin or conn.closing:
+                continue
+            if source is not None and reaches_directly(source, conn):
+                conn.counters["relays_skipped"] += 1
+                continue
+            conn.queue_update(update)
+
+    def _advertise_links(self) -> None:
+        """Tell every neighbour whom we are connected to, when that changed; after losing a link,
+        ask every agentstate neighbour for what we lack (a step 1), which repairs any update
+        the relay rule sent only over the lost link. Both go out in that order, and survive
+        a send-queue overflow."""
+        if self._stopping:
+            return
+        links = live_links(conn for conn in self._connections if not conn.closing)
+        if links == self._links:
+            return
+        lost = not set(self._links) <= set(links)
+        self._links = links
+        state = dict(self._awareness.local_state or {})
+        state[LINKS_KEY] = list(links)
+        payload = self._awareness.set_local(state)
+        state_vector = self.replica.state_vector() if lost else b""
         for conn in self._connections:
-            if conn.origin != origin and not conn.closing:
-                conn.queue_update(update)
+            if conn.closing:
+                continue
+            with suppress(SessionUsageError):
+                conn.queue_frame(conn.session.send_awareness(payload), essential=True)
+                if lost and conn.session.peer_hello is not None:
+                    conn.counters["link_repairs"] += 1
+                    conn.queue_frame(conn.session.send_step1(state_vector), essential=True)
 
     def _broadcast_awareness(self, payload: bytes, skip: PeerConnection | None = None) -> None:
         """Queue an awareness update for every connection except `skip`."""

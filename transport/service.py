@@ -6,11 +6,14 @@ daemon starts and stops the service and shows `status()` under the key "mesh".
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from replica.replica import Replica
+from transport.arbiter import ArbiterClient, ArbiterServer
 from transport.auth import TokenAuth
 from transport.board import add_board_routes
 from transport.http import HttpRoutes
@@ -27,24 +30,41 @@ class MeshService:
 
     name = "mesh"
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, *, arbiter: ArbiterServer | None = None, advertise: str | None = None,
+                 link: ArbiterClient | None = None) -> None:
         self.mesh = mesh
+        self.arbiter = arbiter
+        self.advertise = advertise
+        self.link = link
+        if arbiter is not None:
+            mesh.claim_handler = arbiter.handle
         self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             "peers": self._peers,
             "presence": self._presence,
         }
 
     async def start(self) -> None:
-        """Listen and start dialing."""
+        """Listen and start dialing; as the arbiter, name this node in the document; as a claimant, link claims to it."""
+        if self.link is not None:
+            self.mesh.replica.claims.link = self.link
         await self.mesh.start()
+        if self.arbiter is not None:
+            url = self.advertise or self.mesh.url
+            assert url is not None
+            await asyncio.to_thread(self.mesh.replica.claims.name_arbiter, url)
 
     async def stop(self) -> None:
         """Close every connection with 1001 and flush the replica's log."""
         await self.mesh.stop()
+        if self.arbiter is not None:
+            self.arbiter.close()
 
     def status(self) -> dict[str, Any]:
-        """Peers, who is online, rejections and traffic (JSON-able)."""
-        return self.mesh.status()
+        """Peers, who is online, rejections and traffic (JSON-able); the claims decided, as the arbiter."""
+        status = self.mesh.status()
+        if self.arbiter is not None:
+            status["arbiter"] = {"url": self.advertise or self.mesh.url, "counts": dict(self.arbiter.counts)}
+        return status
 
     def _peers(self, params: dict[str, Any]) -> dict[str, Any]:
         """The status view (the `agentstate status` peers table reads it)."""
@@ -89,7 +109,8 @@ def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshServi
     Keys: listen ("HOST:PORT"), peers (URLs), room, token / tokens, read_only_tokens,
     peer_token (default: the first token), tls_cert, tls_key, tls_ca, insecure_public,
     limits (or flat Limits keys), awareness_interval, presence, reconnect_initial,
-    reconnect_max.
+    reconnect_max, arbiter (bool: decide the room's claims), advertise (the arbiter's URL
+    for claimants; default the listen URL).
     """
     listen_option = options.get("listen")
     peers = _strings(options.get("peers"), "peers")
@@ -109,7 +130,7 @@ def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshServi
         peers=peers,
         tokens=tokens,
         read_only_tokens=_strings(options.get("read_only_tokens"), "read_only_tokens"),
-        peer_token=options.get("peer_token") or (tokens[0] if tokens else None),
+        peer_token=mesh_peer_token(options, tokens),
         certfile=options.get("tls_cert"),
         keyfile=options.get("tls_key"),
         cafile=options.get("tls_ca"),
@@ -126,4 +147,34 @@ def mesh_service_factory(replica: Replica, options: dict[str, Any]) -> MeshServi
     add_health_routes(routes, mesh_ready(mesh))
     read_only_tokens = _strings(options.get("read_only_tokens"), "read_only_tokens")
     add_board_routes(routes, room=mesh.room, auth=TokenAuth(tokens, read_only_tokens))
-    return MeshService(mesh)
+    arbiter, advertise = _arbiter_options(replica, mesh, options)
+    link = ArbiterClient(replica, token=mesh_peer_token(options, tokens), cafile=options.get("tls_ca"))
+    return MeshService(mesh, arbiter=arbiter, advertise=advertise, link=link)
+
+
+def mesh_peer_token(options: dict[str, Any], tokens: list[str]) -> str | None:
+    """The token this node presents to peers and to the claim arbiter."""
+    return options.get("peer_token") or (tokens[0] if tokens else None)
+
+
+def _arbiter_options(replica: Replica, mesh: Mesh, options: dict[str, Any]) -> tuple[ArbiterServer | None, str | None]:
+    """(the claim arbiter server, the URL to advertise) for `arbiter` / `advertise` options."""
+    advertise = options.get("advertise")
+    if not options.get("arbiter"):
+        if advertise:
+            raise ValueError("--advertise names the arbiter's URL: it needs --arbiter")
+        return None, None
+    if mesh.listen is None:
+        raise ValueError("--arbiter needs --listen HOST:PORT: claimants must be able to reach it")
+    if advertise is not None:
+        if not isinstance(advertise, str) or not advertise.startswith(("ws://", "wss://")):
+            raise ValueError(f"--advertise must be a ws:// or wss:// URL, got {advertise!r}")
+        parts = urlsplit(advertise)
+        if parts.path in ("", "/"):
+            advertise = urlunsplit(parts._replace(path="/" + quote(mesh.room, safe="/")))
+    else:
+        host = mesh.listen[0]
+        if host in ("", "0.0.0.0", "::"):
+            raise ValueError(f"--arbiter listening on {host!r}: give --advertise ws://HOST:PORT/{mesh.room}, "
+                             "the URL claimants reach this node at")
+    return ArbiterServer(replica, mesh.room), advertise

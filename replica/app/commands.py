@@ -23,6 +23,9 @@ COUNTED = ("tasks", "nodes", "edges", "counters", "lessons")
 """The record counts of `Replica.stats()` that `import` and `verify` report."""
 
 Handler = Callable[["Replica", dict[str, Any]], Any]
+SELF_KEYED = frozenset({"task.claim", "task.renew", "task.release", "task.complete"})
+"""Commands that store their result under the idempotency key themselves: a claim may be sent to
+the room's arbiter, which must not wait inside this process's transaction (it holds the append lock)."""
 _COMMANDS: dict[str, Handler] = {}
 
 
@@ -54,6 +57,8 @@ def execute(replica: Replica, name: str, params: dict[str, Any], *, key: str | N
     from replica.requests import check_key
 
     key = check_key(key)
+    if name in SELF_KEYED:
+        return handler(replica, {**params, "request_id": key})
     with replica.transaction():
         seen, result = replica.requests.recall(key)
         if seen:
@@ -166,24 +171,48 @@ def _task_update(r: Replica, p: dict[str, Any]) -> Any:
     return _json(r.tasks.get(task_id))
 
 
+def _claims(r: Replica) -> Any:
+    """The replica's claims, linked to the room's arbiter when one is named elsewhere (token from the environment)."""
+    claims = r.claims
+    if claims.link is None:
+        named = claims.arbiter()
+        if named is not None and named.replica_id != r.replica_id:
+            import os
+
+            from transport.arbiter import ArbiterClient
+
+            token = os.environ.get("AGENTSTATE_PEER_TOKEN") or os.environ.get("AGENTSTATE_TOKEN") or None
+            claims.link = ArbiterClient(r, token=token)
+    return claims
+
+
 @command("task.claim")
 def _task_claim(r: Replica, p: dict[str, Any]) -> Any:
-    return r.claims.claim(resolve_task_id(r, p["id"]), p["agent"], p.get("ttl", 900.0)).as_dict()
+    return _claims(r).claim(resolve_task_id(r, p["id"]), p["agent"], p.get("ttl", 900.0),
+                            request_id=p.get("request_id")).as_dict()
 
 
 @command("task.renew")
 def _task_renew(r: Replica, p: dict[str, Any]) -> Any:
-    return r.claims.renew(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"]), p.get("ttl", 900.0)).as_dict()
+    return _claims(r).renew(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"]), p.get("ttl", 900.0),
+                            request_id=p.get("request_id")).as_dict()
 
 
 @command("task.release")
 def _task_release(r: Replica, p: dict[str, Any]) -> Any:
-    return r.claims.release(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"])).as_dict()
+    return _claims(r).release(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"]),
+                              request_id=p.get("request_id")).as_dict()
 
 
 @command("task.complete")
 def _task_complete(r: Replica, p: dict[str, Any]) -> Any:
-    return r.claims.complete(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"])).as_dict()
+    return _claims(r).complete(resolve_task_id(r, p["id"]), p["agent"], int(p["epoch"]),
+                               request_id=p.get("request_id")).as_dict()
+
+
+@command("task.claim.state")
+def _task_claim_state(r: Replica, p: dict[str, Any]) -> Any:
+    return r.claims.state_of(resolve_task_id(r, p["id"]), p["agent"]).as_dict()
 
 
 @command("task.next")

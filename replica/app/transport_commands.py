@@ -41,6 +41,10 @@ SERVE_OPTIONS = [
     Arg("--tls-ca", type=existing_file, default=None, metavar="FILE", help="CA bundle to verify wss:// peers"),
     Arg("--insecure-no-token-i-understand", dest="insecure_public", action="store_true",
         help="allow listening beyond loopback without a token"),
+    Arg("--arbiter", action="store_true",
+        help="decide the room's task claims: recorded in the document, claimants on other replicas ask this node"),
+    Arg("--advertise", default=None, metavar="URL",
+        help="with --arbiter: the URL claimants reach this node at (default: the --listen URL)"),
 ]
 
 
