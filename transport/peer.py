@@ -29,6 +29,7 @@ from replica.statevector import decode_state_vector, encode_state_vector, missin
 from transport import closecodes
 from transport.limits import Limits
 from transport.messages import EMPTY_UPDATE
+from transport.relay import AdvertisedLinks
 from transport.session import Role, Session
 from transport.updates import UpdateFormatError, UpdateTooLargeError, split_update
 
@@ -200,6 +201,8 @@ class PeerConnection:
         self.last_seen: float | None = None
         self.synced_at: float | None = None
         self.peer_replica_id: str | None = None
+        self.links = AdvertisedLinks()
+        """The replica ids the peer says it is connected to (transport.relay)."""
         self.peer_digest: bytes | None = None
         self.start_digest: bytes | None = None
         self.start_state_vector: bytes = b"\x00"
