@@ -133,7 +133,7 @@ def _unpack(frame: Any, limit: int, what: str) -> dict[Any, Any]:
     if len(frame) > limit:
         raise ClaimProtocolError(f"a claim {what} is at most {limit} bytes, got {len(frame)}", "too_large")
     try:
-        body = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=True, max_buffer_size=limit,
+        body = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=True,
                                max_str_len=limit, max_bin_len=limit, max_array_len=16, max_map_len=16)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
         raise ClaimProtocolError(f"a claim {what} is not one msgpack map: {error}") from None
