@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pycrdt import Map
@@ -89,6 +89,7 @@ class ServerMetrics:
     """The metrics of one server: watched meshes (one per room), their replicas, two histograms."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no `_created` series: they double every histogram's families for nothing
         self.registry = CollectorRegistry(auto_describe=False)
         self.apply_seconds = Histogram(
             f"{PREFIX}apply_seconds", "Time to apply one update from a peer or client to the replica.",
