@@ -31,9 +31,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from transport import closecodes
 from transport.auth import Access, InsecureListenError, is_loopback, token_from_request
-from transport.http import HttpRequest, HttpResponse, HttpRoutes
+from transport.http import HttpRoutes
 from transport.limits import Limits
 from transport.mesh import Mesh
+from transport.metrics import ServerMetrics, add_health_routes, add_metrics_routes
 from transport.rooms import InvalidRoomError, OpenRoom, RoomStore, room_from_path
 
 log = logging.getLogger("agentstate.hub")
@@ -207,6 +208,7 @@ class Hub:
         ping_interval: float | None = 20.0,
         close_timeout: float = 5.0,
         refresh_interval: float = REFRESH_INTERVAL,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.store = store
         self.listen = listen
@@ -234,8 +236,9 @@ class Hub:
         self._refresher: asyncio.Task[None] | None = None
         self._trim_timer: asyncio.TimerHandle | None = None
         self._stopping = False
-        self.routes.add("/healthz", self._healthz)
-        self.routes.add("/readyz", self._readyz)
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        add_metrics_routes(self.routes, self.metrics)
+        add_health_routes(self.routes, self._not_ready)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -425,6 +428,7 @@ class Hub:
         except BaseException:
             await opened.close()
             raise
+        self.metrics.watch(mesh)
         self._rooms_opened += 1
         log.info("event=room_loaded room=%s seconds=%.4f", json.dumps(name[:100]), time.perf_counter() - started)
         return LoadedRoom(name=name, opened=opened, mesh=mesh, loaded_at=time.time())
@@ -459,6 +463,7 @@ class Hub:
         try:
             await room.mesh.stop()
         finally:
+            self.metrics.unwatch(room.mesh)
             await room.opened.close()
         self._rooms_closed += 1
         log.info("event=room_unloaded room=%s", json.dumps(room.name[:100]))
@@ -509,15 +514,13 @@ class Hub:
                        "max_memory_bytes": self.limits.max_memory_bytes, "idle_seconds": self.limits.idle_seconds},
         }
 
-    def _healthz(self, request: HttpRequest) -> HttpResponse:
-        """The process is alive and its event loop answers."""
-        return HttpResponse.text("ok\n")
-
-    def _readyz(self, request: HttpRequest) -> HttpResponse:
-        """Ready while listening and not stopping."""
-        if self._server is None or self._stopping:
-            return HttpResponse.text("not ready\n", status=503)
-        return HttpResponse.text("ready\n")
+    def _not_ready(self) -> list[str]:
+        """Why the hub cannot serve now (empty when ready): not listening yet, or stopping."""
+        if self._stopping:
+            return ["stopping"]
+        if self._server is None:
+            return ["not listening"]
+        return []
 
 
 def _refresh_all(replicas: Iterable[Any]) -> None:

@@ -152,8 +152,8 @@ async def test_idle_rooms_unload_and_reload_from_their_directory(tmp_path: Path)
                 replica.tasks.create("kept across unloads", id="T-kept")
                 await eventually(lambda: hub.room("board") is not None
                                  and "T-kept" in task_ids(hub.room("board").opened.replica), what="task in room")
-            await eventually(lambda: hub.rooms() == [], what="idle room unloaded")
-            assert hub.status()["rooms_closed"] == 1
+            await eventually(lambda: hub.status()["rooms_closed"] == 1, what="idle room unloaded")
+            assert hub.rooms() == []
             fresh = Replica.open(tmp_path / "fresh")
             try:
                 async with room_peer(fresh, hub.url("board")):
@@ -261,3 +261,45 @@ async def test_plain_yjs_clients_and_a_replica_share_a_room(tmp_path: Path) -> N
                                  == "from-js1", what="the Yjs clients' writes reach a replica in the room")
         finally:
             replica.close()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """GET /metrics and parse it with prometheus_client's parser: sample name+labels -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode("utf-8")
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+async def test_hub_metrics_and_health_move_with_traffic(tmp_path: Path) -> None:
+    async with running_hub(LocalRoomStore(tmp_path / "hub")) as hub:
+        base = f"http://127.0.0.1:{hub.address[1]}"
+        before = await asyncio.to_thread(scrape, base + "/metrics")
+        assert before["agentstate_rooms_loaded{}"] == 0
+        a, b = Replica.open(tmp_path / "a"), Replica.open(tmp_path / "b")
+        try:
+            async with room_peer(a, hub.url("m1")), room_peer(b, hub.url("m2")):
+                a.tasks.create("counted", id="T-counted")
+                await eventually(lambda: hub.room("m1") is not None
+                                 and "T-counted" in task_ids(hub.room("m1").opened.replica), what="write arrived")
+                during = await asyncio.to_thread(scrape, base + "/metrics")
+                assert during["agentstate_rooms_loaded{}"] == 2
+                assert during["agentstate_connections{}"] == 2
+                received = [v for k, v in during.items() if k.startswith("agentstate_updates_received_total")]
+                assert received and sum(received) >= 1
+        finally:
+            a.close()
+            b.close()
+        import urllib.request
+
+        for path, expected in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")):
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                assert response.status == 200 and response.read() == expected
