@@ -196,6 +196,7 @@ class Registry:
             except Exception as exc:
                 print(f"warning: plugin {name} failed to load: {exc}", file=sys.stderr)
         import_module(".backup_commands", __package__).register(self)
+        import_module(".worker_commands", __package__).register(self)
         import_module(".logsetup", __package__).register(self)
 
     def help_text(self) -> str:
