@@ -323,16 +323,36 @@ function taskCard (task, claim, conflicts, board) {
   return card
 }
 
+/** Redraw the columns, reusing the card of every task whose shown state did not change. */
 function drawColumns (target, tasks, claims, conflictsByTask, board) {
-  const columns = el('div', { class: 'columns' })
-  for (const status of STATUSES) {
-    const mine = tasks.filter((t) => t.status === status)
-    const column = el('section', { class: 'column', 'data-column': status },
-      el('h2', { text: `${status.replace('_', ' ')} (${mine.length})` }))
-    for (const task of mine) column.append(taskCard(task, claims.get(task.id), conflictsByTask.get(task.id) || [], board))
-    columns.append(column)
+  const now = board.now()
+  const kept = new Map()
+  const columns = new Map(STATUSES.map((status) => [status, []]))
+  for (const task of tasks) {
+    const claim = claims.get(task.id)
+    const conflicts = conflictsByTask.get(task.id) || []
+    const signature = JSON.stringify([task, claim ? [claim.agent, claim.epoch, claim.tentative, leaseText(claim.expires, now)] : null,
+      conflicts.map((c) => c.fields), board.canWrite])
+    const cached = board.cards.get(task.id)
+    const card = cached && cached.signature === signature ? cached.card : taskCard(task, claim, conflicts, board)
+    kept.set(task.id, { signature, card })
+    columns.get(task.status).push(card)
   }
-  target.replaceChildren(columns)
+  board.cards = kept
+  if (!board.columns) {
+    board.columns = new Map(STATUSES.map((status) => {
+      const heading = el('h2')
+      const body = el('div', { class: 'cards' })
+      return [status, { section: el('section', { class: 'column', 'data-column': status }, heading, body), heading, body }]
+    }))
+    target.replaceChildren(el('div', { class: 'columns' }, ...[...board.columns.values()].map((c) => c.section)))
+  }
+  for (const [status, cards] of columns) {
+    const column = board.columns.get(status)
+    column.heading.textContent = `${status.replace('_', ' ')} (${cards.length})`
+    const current = [...column.body.children]
+    if (current.length !== cards.length || current.some((node, i) => node !== cards[i])) column.body.replaceChildren(...cards)
+  }
 }
 
 function drawGraph (target, graph) {
@@ -407,6 +427,8 @@ export function start () {
     canWrite: Boolean(config.write),
     now: () => Date.now() / 1000,
     renders: 0,
+    cards: new Map(),
+    columns: null,
     // Direct writes, not gated by canWrite: what a page script could always do (the server refuses them on a read-only token).
     api: {
       addTask: (fields) => addTask(doc, fields, `board:${doc.clientID}`),
@@ -439,39 +461,54 @@ export function start () {
     })
   })
 
+  // What changed since the last drawing: only those parts are read and redrawn.
+  const dirty = new Set(['tasks', 'graph', 'counters', 'online'])
   let pending = false
+  let conflicts = []
   const render = () => {
     pending = false
-    const now = board.now()
-    const tasks = readTasks(doc)
-    const conflicts = readConflicts(doc)
-    const byTask = new Map()
-    for (const conflict of conflicts) {
-      if (!byTask.has(conflict.record)) byTask.set(conflict.record, [])
-      byTask.get(conflict.record).push(conflict)
+    if (dirty.has('tasks')) {
+      const tasks = readTasks(doc)
+      if (dirty.has('conflicts') || board.renders === 0) conflicts = readConflicts(doc)
+      const byTask = new Map()
+      for (const conflict of conflicts) {
+        if (!byTask.has(conflict.record)) byTask.set(conflict.record, [])
+        byTask.get(conflict.record).push(conflict)
+      }
+      drawColumns($('columns'), tasks, readClaims(doc, board.now()), byTask, board)
+      drawList($('conflicts'), conflicts.map((c) =>
+        el('li', { 'data-conflict': c.id }, el('span', { class: 'name', text: `${c.id} on ${c.record}` }),
+          el('span', { class: 'doing', text: c.fields.join(', ') }))), 'none open')
+      $('summary').textContent = `${tasks.length} tasks, ${conflicts.length} open conflicts`
     }
-    drawColumns($('columns'), tasks, readClaims(doc, now), byTask, board)
-    drawGraph($('graph'), readGraph(doc))
-    drawList($('counters'), readCounters(doc).map(([name, value]) =>
-      el('li', { 'data-counter': name }, el('span', { class: 'name', text: name }), el('span', { class: 'value', text: value.toString() }))), 'no counters')
-    drawList($('online'), readOnline(awareness).map((who) =>
-      el('li', { 'data-client': who.clientId }, el('span', { class: 'name', text: who.name }),
-        el('span', { class: 'doing', text: who.working_on || (who.kind === 'agentstate' ? 'replica' : '') }))), 'nobody else')
-    drawList($('conflicts'), conflicts.map((c) =>
-      el('li', { 'data-conflict': c.id }, el('span', { class: 'name', text: `${c.id} on ${c.record}` }),
-        el('span', { class: 'doing', text: c.fields.join(', ') }))), 'none open')
-    $('summary').textContent = `${tasks.length} tasks, ${conflicts.length} open conflicts`
+    if (dirty.has('graph')) drawGraph($('graph'), readGraph(doc))
+    if (dirty.has('counters')) {
+      drawList($('counters'), readCounters(doc).map(([name, value]) =>
+        el('li', { 'data-counter': name }, el('span', { class: 'name', text: name }), el('span', { class: 'value', text: value.toString() }))), 'no counters')
+    }
+    if (dirty.has('online')) {
+      drawList($('online'), readOnline(awareness).map((who) =>
+        el('li', { 'data-client': who.clientId }, el('span', { class: 'name', text: who.name }),
+          el('span', { class: 'doing', text: who.working_on || (who.kind === 'agentstate' ? 'replica' : '') }))), 'nobody else')
+    }
+    dirty.clear()
     board.renders++
   }
-  const schedule = () => {
+  const schedule = (...parts) => {
+    for (const part of parts) dirty.add(part)
     if (!pending) {
       pending = true
       setTimeout(render, 0)
     }
   }
-  doc.on('update', schedule)
-  awareness.on('change', schedule)
-  setInterval(schedule, 5000) // lease countdowns and expiries move with time alone
+  doc.getMap('tasks').observeDeep(() => schedule('tasks'))
+  doc.getMap('claims').observe(() => schedule('tasks'))
+  doc.getMap('tasks_writes').observeDeep(() => schedule('tasks', 'conflicts'))
+  doc.getMap('nodes').observeDeep(() => schedule('graph'))
+  doc.getMap('edges').observeDeep(() => schedule('graph'))
+  doc.getMap('counters').observe(() => schedule('counters'))
+  awareness.on('change', () => schedule('online'))
+  setInterval(() => schedule('tasks'), 5000) // lease countdowns and expiries move with time alone
   render()
 
   if (!config.allowed) {
