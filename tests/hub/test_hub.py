@@ -298,8 +298,13 @@ async def test_hub_metrics_and_health_move_with_traffic(tmp_path: Path) -> None:
         finally:
             a.close()
             b.close()
-        import urllib.request
+        for path, expected in (("/healthz", (200, b"ok\n")), ("/readyz", (200, b"ready\n"))):
+            assert await asyncio.to_thread(http_get, base + path) == expected
 
-        for path, expected in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")):
-            with urllib.request.urlopen(base + path, timeout=10) as response:
-                assert response.status == 200 and response.read() == expected
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """Status and body of a plain GET (run it off the event loop)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read()
