@@ -34,6 +34,7 @@ from replica.statevector import decode_state_vector, missing_from
 from transport import closecodes
 from transport.auth import TokenAuth, check_listen_safety, token_from_request
 from transport.claim_protocol import CLAIM_HEADER
+from transport.digests import DigestCache
 from transport.awareness import AwarenessTable
 from transport.http import HttpRoutes
 from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy
@@ -57,7 +58,7 @@ from transport.session import (
     UpdateReceived,
     UpdateRefused,
 )
-from transport.updates import UpdateFormatError, document_digest, integrable_part
+from transport.updates import UpdateFormatError, integrable_part
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,6 @@ HELLO_HEADER = "X-Agentstate-Hello"
 """Request header by which a dialing agentstate node announces that a hello comes first."""
 
 CAPABILITIES = frozenset({"digest"})
-DIGEST_INLINE_SECONDS = 0.005
-"""A digest that took longer than this is only sent when already cached (see `_opening_digest`)."""
-DIGEST_SETTLE_SECONDS = 0.5
-"""How long writes must pause before a costly digest is recomputed in the background."""
 """Optional behaviour this node announces in its hello."""
 
 HELLO_WAIT = 2.0
@@ -238,9 +235,7 @@ class Mesh:
         self._inbound: set[ServerConnection] = set()
         self._rejections: Counter[str] = Counter()
         self._totals: Counter[str] = Counter()
-        self._generation = 0
-        self._digest_cache: tuple[int, bytes] | None = None
-        self._digest_cost = 0.0
+        self._digests = DigestCache(replica)
         self._server: Server | None = None
         self._address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -302,9 +297,9 @@ class Mesh:
             self.replica.follow()
         if self.use_digest:
             # warm the digest cache (and the worker thread) while the first dial connects;
-            # _digest() checks the generation again when a connection asks for it
-            self._spawn(self._digest())
-            self._tasks.append(asyncio.create_task(self._digest_refresh_loop(), name="agentstate-digest"))
+            # the cache checks the generation again when a connection asks for it
+            self._spawn(self._digests.current())
+            self._tasks.append(asyncio.create_task(self._digests.refresh_loop(), name="agentstate-digest"))
         if self.listen is not None:
             await self._listen(*self.listen)
         for target in self._targets:
@@ -585,7 +580,7 @@ class Mesh:
         release_timer: asyncio.TimerHandle | None = None
         try:
             state_vector = self.replica.state_vector()
-            digest = await self._opening_digest() if self.use_digest and (target is not None or expects_hello) else None
+            digest = await self._digests.opening() if self.use_digest and (target is not None or expects_hello) else None
             opening = session.start(state_vector, digest=digest)
             conn.start_state_vector, conn.start_digest = state_vector, digest
             snapshot = self._awareness.encode_all()
@@ -888,7 +883,7 @@ class Mesh:
     def _on_replica_update(self, update: bytes, origin: str | None) -> None:
         """Replica listener (any thread): queue the change for every peer but its origin and
         those its origin reaches directly (transport.relay; local writes go to everyone)."""
-        self._generation += 1
+        self._digests.changed()
         connections = self._connections
         source = None
         if origin is not None:
@@ -942,48 +937,6 @@ class Mesh:
             renewal = self._awareness.renew_local()
             if renewal is not None:
                 self._broadcast_awareness(renewal)
-
-    async def _digest(self) -> bytes | None:
-        """Digest of the current state (cached until the next change), computed off the loop."""
-        generation = self._generation
-        cached = self._digest_cache
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        started = time.monotonic()
-        try:
-            digest = await asyncio.to_thread(document_digest, self.replica)
-        except UpdateFormatError as error:
-            log.warning("event=digest_unavailable error=%s", json.dumps(str(error)))
-            return None
-        self._digest_cost = time.monotonic() - started
-        self._digest_cache = (generation, digest)
-        return digest
-
-    async def _opening_digest(self) -> bytes | None:
-        """The digest to open a connection with, without making a big document's peers wait.
-
-        Cheap digests are computed on the spot. A costly one is only used when cached for
-        the current state, which `_digest_refresh_loop` keeps true once writes pause: the
-        digest only pays off between peers that are already equal, that is, at rest. A
-        peer that gets no digest is simply sent the ordinary diff.
-        """
-        cached = self._digest_cache
-        if cached is not None and cached[0] == self._generation:
-            return cached[1]
-        if self._digest_cost <= DIGEST_INLINE_SECONDS:
-            return await self._digest()
-        return None
-
-    async def _digest_refresh_loop(self) -> None:
-        """Recompute the digest once writes have paused for `DIGEST_SETTLE_SECONDS`."""
-        seen = self._generation
-        while True:
-            await asyncio.sleep(DIGEST_SETTLE_SECONDS)
-            current = self._generation
-            cached = self._digest_cache
-            if current == seen and (cached is None or cached[0] != current):
-                await self._digest()
-            seen = current
 
     # -- status ---------------------------------------------------------------------------
 
