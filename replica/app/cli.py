@@ -188,7 +188,6 @@ class Registry:
         compat_commands.register(self)
         transport_commands.register(self)
         import_module(".git_commands", __package__).register(self)
-        import_module(".git_commands", __package__).register(self)
         hub_commands.register(self)
         for name, target in entry_points(PLUGIN_GROUP):
             module, _, attribute = target.partition(":")
