@@ -21,9 +21,9 @@ something arbitrates, and honest where nothing can:
   it; a new holder takes the next epoch, and a write fenced with an older epoch is refused
   (`StaleClaimError`), so an agent that slept past its lease cannot clobber the next holder.
 
-Every operation may carry a request id: its result is stored in the same transaction as the
-write (root `requests`, key `claim:<id>`), so a retry after a lost reply, here or at the
-arbiter, returns the first answer instead of claiming twice.
+Every operation may carry a request id, kept in the attempt it writes (`request`), so a retry
+after a lost reply, here or at the arbiter, finds its own write and answers from it instead of
+claiming twice.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ MAX_AGENT = 200
 ARBITER_KEY = "arbiter"
 """Key in the `meta` root naming the room's claim arbiter: `{"replica_id", "url", "at"}`."""
 MAX_URL = 2000
-REQUEST_PREFIX = "claim:"
 MAX_REQUEST_ID = 100
 State = Literal["won", "lost", "tentative", "renewed", "released", "completed"]
 Op = Literal["claim", "renew", "release", "complete"]
@@ -86,6 +85,7 @@ class Claim:
     writer: str
     tentative: bool
     ended: str | None
+    request: str | None = None
 
     @property
     def live(self) -> bool:
@@ -104,9 +104,10 @@ class Claim:
             return None
         try:
             ended = raw.get("ended")
+            request = raw.get("request")
             return cls(key, task_id, str(raw["agent"]), int(raw["epoch"]), float(raw["expires"]),
                        float(raw["at"]), str(raw.get("writer", "")), bool(raw.get("tentative", False)),
-                       str(ended) if ended is not None else None)
+                       str(ended) if ended is not None else None, str(request) if request is not None else None)
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -244,7 +245,13 @@ class Claims:
         return f"{self._access.replica_id}.{self._access.client_id}"
 
     def _forget_index(self, keys: Any) -> None:
-        self._index = None
+        """Add new attempt keys to the index (a deleted key reads back as nothing, so it may stay)."""
+        index = self._index
+        if index is None:
+            return
+        for key in keys:
+            if isinstance(key, str) and "|" in key:
+                index.setdefault(key.split("|", 1)[0], set()).add(key)
 
     # -- the arbiter -------------------------------------------------------------------------
 
@@ -288,21 +295,24 @@ class Claims:
             raise FieldError("claim", "request", f"the arbiter refused it: {message}")
         raise ArbiterRefusedError(f"the claim arbiter at {arbiter.url} refused the request ({answer.error}): {message}")
 
-    def _recall(self, request_id: str | None) -> ClaimResult | None:
-        """The stored result of an operation already run with `request_id` (inside a write)."""
+    def _replay(self, op: Op, task_id: str, agent: str, request_id: str | None) -> ClaimResult | None:
+        """The answer to an operation already applied with `request_id` (inside a write), or None.
+
+        The last operation that wrote an attempt leaves its request id in it, so a retry finds
+        it among the task's attempts: a claim answers what the claimant holds now, a renew
+        the lease, a release or completion that it ended."""
         if request_id is None:
             return None
-        from .requests import Requests
-
-        seen, stored = Requests(self._access).recall(REQUEST_PREFIX + request_id)
-        return ClaimResult.from_dict(stored) if seen and isinstance(stored, dict) else None
-
-    def _remember(self, request_id: str | None, result: ClaimResult) -> ClaimResult:
-        if request_id is not None:
-            from .requests import Requests
-
-            Requests(self._access).remember(REQUEST_PREFIX + request_id, result.as_dict())
-        return result
+        done = next((c for c in self.attempts(task_id) if c.request == request_id and c.agent == agent), None)
+        if done is None:
+            return None
+        if op == "claim":
+            return self.state_of(task_id, agent)
+        if op == "renew":
+            return ClaimResult("renewed", task_id, agent, done.epoch, done.expires, done)
+        if done.ended == ("completed" if op == "complete" else "released"):
+            return ClaimResult(done.ended, task_id, agent, done.epoch, None, None)  # type: ignore[arg-type]
+        return None
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -351,30 +361,29 @@ class Claims:
         """Decide a claim on this replica, under the log's append lock (what the arbiter runs)."""
         agent, ttl = _check_agent(agent), _check_ttl(ttl)
         with self._access.write():
-            seen = self._recall(request_id)
-            if seen is not None:
-                return seen
             if task_id not in self._tasks:
                 raise NotFoundError("task", task_id)
+            seen = self._replay("claim", task_id, agent, request_id)
+            if seen is not None:
+                return seen
             current, _ = self._current(task_id)
             if current is not None and current.live:
                 if current.agent == agent:
-                    return self._remember(request_id, self._extend(current, ttl, "renewed"))
-                return self._remember(request_id, ClaimResult("lost", task_id, agent, None, None, current))
+                    return self._extend(current, ttl, "renewed", request_id)
+                return ClaimResult("lost", task_id, agent, None, None, current)
             epoch = (current.epoch if current is not None else 0) + 1
             now = time.time()
             key = f"{epoch}|{agent}|{secrets.token_hex(4)}"
             body = {"agent": agent, "epoch": epoch, "expires": now + ttl, "at": now, "writer": self._writer,
-                    "tentative": tentative, "ended": None}
+                    "tentative": tentative, "ended": None, "request": request_id}
             self._put(task_id, key, body)
             mine = Claim.parse(task_id, key, body)
             assert mine is not None
-            result = ClaimResult("tentative" if tentative else "won", task_id, agent, epoch, mine.expires, mine)
-            return self._remember(request_id, result)
+            return ClaimResult("tentative" if tentative else "won", task_id, agent, epoch, mine.expires, mine)
 
-    def _extend(self, claim: Claim, ttl: float, state: State) -> ClaimResult:
+    def _extend(self, claim: Claim, ttl: float, state: State, request_id: str | None = None) -> ClaimResult:
         body = {"agent": claim.agent, "epoch": claim.epoch, "expires": time.time() + ttl, "at": claim.at,
-                "writer": claim.writer, "tentative": claim.tentative, "ended": None}
+                "writer": claim.writer, "tentative": claim.tentative, "ended": None, "request": request_id}
         self._put(claim.task_id, claim.key, body)
         renewed = Claim.parse(claim.task_id, claim.key, body)
         return ClaimResult(state, claim.task_id, claim.agent, claim.epoch, body["expires"], renewed)
@@ -402,24 +411,24 @@ class Claims:
         """Decide renew, release or complete on this replica, fenced by `epoch` (what the arbiter runs)."""
         agent = _check_agent(agent)
         with self._access.write():
-            seen = self._recall(request_id)
-            if seen is not None:
-                return seen
             if op == "claim":
                 raise FieldError("claim", "op", "a claim is not fenced")
             if task_id not in self._tasks:
                 raise NotFoundError("task", task_id)
+            seen = self._replay(op, task_id, agent, request_id)
+            if seen is not None:
+                return seen
             held = self._held_by(task_id, agent, epoch)
             if op == "renew":
-                return self._remember(request_id, self._extend(held, _check_ttl(ttl), "renewed"))
+                return self._extend(held, _check_ttl(ttl), "renewed", request_id)
             if op == "complete":
                 self._tasks.update(task_id, status="completed")
             ended = "completed" if op == "complete" else "released"
             body = {"agent": held.agent, "epoch": held.epoch, "expires": held.expires, "at": held.at,
-                    "writer": held.writer, "tentative": held.tentative, "ended": ended}
+                    "writer": held.writer, "tentative": held.tentative, "ended": ended, "request": request_id}
             self._put(task_id, held.key, body)
             state: State = "completed" if op == "complete" else "released"
-            return self._remember(request_id, ClaimResult(state, task_id, agent, epoch, None, None))
+            return ClaimResult(state, task_id, agent, epoch, None, None)
 
     def renew(self, task_id: str, agent: str, epoch: int, ttl: float = DEFAULT_TTL, *,
               request_id: str | None = None) -> ClaimResult:

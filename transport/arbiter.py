@@ -1,8 +1,9 @@
 """The claim arbiter over websockets: the server a `serve --arbiter` mesh answers claims with, and the claimant's client.
 
-A claimant opens a short websocket to the arbiter's room URL with the header
-`X-Agentstate-Claim: 1` and its bearer token, sends one request frame and reads one
-response frame (`transport.claim_protocol`). The arbiter decides on its replica, under the
+A claimant opens a websocket to the arbiter's room URL with the header
+`X-Agentstate-Claim: 1` and its bearer token, sends a request frame and reads one
+response frame (`transport.claim_protocol`), one request at a time; it keeps the websocket
+for its next requests for a while (a new handshake per claim would cost most of its latency). The arbiter decides on its replica, under the
 log's append lock (`Claims.decide_claim` / `decide_fenced`), and answers with the result and
 the update that wrote it; the claimant applies the update at once, peers get it by sync.
 The rules are in docs/protocol.md, "Claim arbiter".
@@ -44,7 +45,13 @@ from transport.claim_protocol import (
 log = logging.getLogger(__name__)
 
 REQUEST_WAIT = 5.0
-"""Seconds the arbiter waits for a claimant's request frame after the websocket opened."""
+"""Seconds the arbiter waits for a claimant's first request frame after the websocket opened."""
+IDLE_WAIT = 30.0
+"""Seconds the arbiter keeps a claimant's websocket open for its next request."""
+CLIENT_IDLE = 20.0
+"""Seconds a claimant reuses an idle websocket (below IDLE_WAIT, so the arbiter never closes it first)."""
+POOL_SIZE = 4
+"""Idle websockets a claimant keeps per arbiter URL (one request at a time on each)."""
 DEFAULT_TIMEOUT = 2.0
 """Seconds a claimant gives the arbiter (connect, decide, answer) before claiming here as tentative."""
 NOT_FOUND_RETRY = 0.02
@@ -63,7 +70,14 @@ class ArbiterServer:
         self._capture = threading.local()
         self._updates: OrderedDict[str, bytes] = OrderedDict()
         self._updates_lock = threading.Lock()
+        self._open: set[ServerConnection] = set()
+        self._closing = False
         self._unsubscribe = replica.on_update(self._on_update)
+
+    async def shutdown(self) -> None:
+        """Close every claimant's websocket with 1001 and refuse new ones (before the mesh stops)."""
+        self._closing = True
+        await asyncio.gather(*(ws.close(1001, "going away") for ws in list(self._open)), return_exceptions=True)
 
     def close(self) -> None:
         """Stop watching the replica's updates."""
@@ -79,10 +93,10 @@ class ArbiterServer:
         self.counts[what] = self.counts.get(what, 0) + 1
 
     async def handle(self, ws: ServerConnection, access: Access, room_ok: bool) -> None:
-        """Serve one claim websocket: read one request frame, refuse it or decide it, answer, close.
+        """Serve one claim websocket: answer request frames one at a time until it closes or idles.
 
-        A refused claimant's frame is read (and dropped) before the answer, so that the
-        answer never races the claimant's send."""
+        A refused claimant's first frame is read (and dropped) before the refusal, so that
+        the answer never races the claimant's send; a refusal or a malformed frame closes it."""
         remote = str(ws.remote_address)
         refusal: ClaimResponse | None = None
         if not access.allowed:
@@ -91,32 +105,53 @@ class ArbiterServer:
             refusal = error_response("", "forbidden", "a read-only token cannot claim")
         elif not room_ok:
             refusal = error_response("", "room", f"this arbiter decides claims of room {self.room!r} only")
+        if self._closing:
+            await ws.close(1001, "going away")
+            return
+        self._open.add(ws)
         try:
-            frame = await asyncio.wait_for(ws.recv(), REQUEST_WAIT)
-        except (TimeoutError, ConnectionClosed):
-            with suppress(Exception):
-                await ws.close()
-            return
-        if refusal is not None:
-            await self._finish(ws, refusal, remote)
-            return
-        try:
-            request = decode_request(frame)
-        except ClaimProtocolError as error:
-            await self._finish(ws, error_response("", error.kind, str(error)), remote)
-            return
-        response = await asyncio.to_thread(self.decide, request)
-        await self._finish(ws, response, remote)
+            await self._serve(ws, refusal, remote)
+        finally:
+            self._open.discard(ws)
 
-    async def _finish(self, ws: ServerConnection, response: ClaimResponse, remote: str) -> None:
-        """Send the answer and close; a refusal is logged and counted."""
+    async def _serve(self, ws: ServerConnection, refusal: ClaimResponse | None, remote: str) -> None:
+        """The request loop of `handle`."""
+        wait = REQUEST_WAIT
+        while not self._closing:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), wait)
+            except (TimeoutError, ConnectionClosed):
+                with suppress(Exception):
+                    await ws.close()
+                return
+            wait = IDLE_WAIT
+            if refusal is not None:
+                await self._answer(ws, refusal, remote, close=True)
+                return
+            try:
+                request = decode_request(frame)
+            except ClaimProtocolError as error:
+                await self._answer(ws, error_response("", error.kind, str(error)), remote, close=True)
+                return
+            response = await asyncio.to_thread(self.decide, request)
+            if not await self._answer(ws, response, remote, close=False):
+                return
+        with suppress(Exception):
+            await ws.close(1001, "going away")
+
+    async def _answer(self, ws: ServerConnection, response: ClaimResponse, remote: str, *, close: bool) -> bool:
+        """Send an answer (closing after it if asked); a refusal is logged and counted. False once closed."""
         if response.error is not None and response.error.kind not in ("not_found", "stale"):
             self._count(response.error.kind)
             log.warning("event=claim_refused peer=%s kind=%s detail=%s", remote, response.error.kind,
                         response.error.message[:200])
-        with suppress(ConnectionClosed):
+        try:
             await ws.send(encode_response(response))
-            await ws.close()
+            if close:
+                await ws.close()
+        except ConnectionClosed:
+            return False
+        return not close
 
     def decide(self, request: ClaimRequest) -> ClaimResponse:
         """Decide a request on the replica (blocking: run it off the event loop)."""
@@ -181,6 +216,44 @@ class ArbiterClient:
         self.timeout = timeout
         self.cafile = cafile
         self.last_error: str | None = None
+        self._idle: dict[str, list[tuple[float, Any]]] = {}
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the idle websockets kept for reuse."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for _, ws in connections:
+                with suppress(Exception):
+                    ws.close()
+
+    def _take(self, url: str) -> Any:
+        """An idle websocket to `url` still fresh enough to reuse, or None."""
+        now = time.monotonic()
+        stale: list[Any] = []
+        found = None
+        with self._pool_lock:
+            connections = self._idle.get(url, [])
+            while connections and found is None:
+                since, ws = connections.pop()
+                if now - since < CLIENT_IDLE:
+                    found = ws
+                else:
+                    stale.append(ws)
+        for ws in stale:
+            with suppress(Exception):
+                ws.close()
+        return found
+
+    def _give_back(self, url: str, ws: Any) -> None:
+        with self._pool_lock:
+            connections = self._idle.setdefault(url, [])
+            if len(connections) < POOL_SIZE:
+                connections.append((time.monotonic(), ws))
+                return
+        with suppress(Exception):
+            ws.close()
 
     def send(self, arbiter: Arbiter, call: ArbiterCall) -> ArbiterAnswer | None:
         """Ask the arbiter; apply its update here; None when it cannot be reached within the timeout.
@@ -222,25 +295,44 @@ class ArbiterClient:
             return ArbiterAnswer(response.result)
 
     def _exchange(self, url: str, frame: bytes, rid: str, timeout: float) -> ClaimResponse:
-        """One websocket: send `frame`, read the response (ConnectionRefusedError, ArbiterUnreachable)."""
+        """Send `frame` and read the response, on a reused websocket or a new one (ConnectionRefusedError,
+        ArbiterUnreachable). A reused one that fails is dropped and the request sent on a new one."""
+        reused = self._take(url)
+        if reused is not None:
+            try:
+                return self._over(reused, url, frame, rid, timeout)
+            except ArbiterUnreachable:
+                log.debug("event=arbiter_reconnect url=%s", url)
         headers = {CLAIM_HEADER: "1"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         context = ssl.create_default_context(cafile=self.cafile) if url.startswith("wss:") else None
         try:
-            with sync_connect(url, additional_headers=headers, ssl=context, open_timeout=timeout,
-                              close_timeout=timeout, max_size=MAX_RESPONSE_BYTES, compression=None,
-                              proxy=None) as ws:
-                ws.send(frame)
-                answer = ws.recv(timeout=timeout)
+            ws = sync_connect(url, additional_headers=headers, ssl=context, open_timeout=timeout,
+                              close_timeout=min(timeout, 1.0), max_size=MAX_RESPONSE_BYTES, compression=None,
+                              proxy=None).__enter__()  # held open for reuse, closed by _over or close()
         except ConnectionRefusedError:
             raise
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as error:
             raise ArbiterUnreachable(f"{url}: {type(error).__name__}: {error}") from error
+        return self._over(ws, url, frame, rid, timeout)
+
+    def _over(self, ws: Any, url: str, frame: bytes, rid: str, timeout: float) -> ClaimResponse:
+        """One request on an open websocket; kept for reuse when the answer is a decision."""
         try:
-            return decode_response(answer, rid)
-        except ClaimProtocolError as error:
-            raise ArbiterUnreachable(f"{url}: not a claim answer: {error}") from error
+            ws.send(frame)
+            answer = ws.recv(timeout=timeout)
+            response = decode_response(answer, rid)
+        except (OSError, TimeoutError, ConnectionClosed, ClaimProtocolError) as error:
+            with suppress(Exception):
+                ws.close()
+            raise ArbiterUnreachable(f"{url}: {type(error).__name__}: {error}") from error
+        if response.error is None or response.error.kind in ("not_found", "stale", "invalid"):
+            self._give_back(url, ws)
+        else:
+            with suppress(Exception):
+                ws.close()
+        return response
 
 
 def attach(replica: Replica, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,

@@ -55,7 +55,11 @@ class MeshService:
 
     async def stop(self) -> None:
         """Close every connection with 1001 and flush the replica's log."""
+        if self.arbiter is not None:
+            await self.arbiter.shutdown()
         await self.mesh.stop()
+        if self.link is not None:
+            self.link.close()
         if self.arbiter is not None:
             self.arbiter.close()
 

@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 
 from replica import Replica
 from replica.claims import ArbiterRefusedError, ClaimResult
+from replica.statevector import decode_state_vector
 from transport.arbiter import ArbiterClient, ask
 from transport.claim_protocol import (
     CLAIM_HEADER,
@@ -232,6 +233,8 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(tmp_path: Path) 
     async with cluster(tmp_path) as c:
         c.a.tasks.create("guarded", id="T-guarded")
         good = encode_request(ClaimRequest("claim", "rid-1", "T-guarded", "mallory", ttl=60.0))
+        await eventually(lambda: len({tuple(sorted(decode_state_vector(r.state_vector()).items()))
+                                      for r in c.replicas}) == 1, what="the replicas to converge")
         before = c.a.state_vector()
         cases: list[tuple[bytes | str, dict[str, Any], str]] = [
             (b"\xc1not msgpack", {}, "malformed"),
@@ -286,3 +289,16 @@ def test_protocol_round_trip_and_strict_decoding() -> None:
         decode_response(msgpack.packb({"v": 1, "rid": "other", "ok": True, "result": {}, "update": b""}), "rid")
     with pytest.raises(ClaimProtocolError):
         decode_response(msgpack.packb({"v": 1, "rid": "rid", "ok": True, "result": {}}), "rid")
+
+
+async def test_an_arbiter_with_claimants_connected_stops_promptly(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        c.a.tasks.create("held open", id="T-open")
+        await eventually(lambda: "T-open" in c.b.tasks, what="task synced")
+        result = await asyncio.to_thread(c.b.claims.claim, "T-open", "bob", 60)
+        assert result.state == "won"
+        started = time.monotonic()
+        await c.stop_arbiter()
+        assert time.monotonic() - started < 5, "the arbiter waited for an idle claimant's websocket"
+        fallback = await asyncio.to_thread(c.b.claims.claim, "T-open", "bob", 60)
+        assert fallback.state == "renewed"
