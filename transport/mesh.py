@@ -19,11 +19,10 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode
@@ -34,10 +33,11 @@ from replica.statevector import decode_state_vector, missing_from
 from transport import closecodes
 from transport.auth import TokenAuth, check_listen_safety, token_from_request
 from transport.claim_protocol import CLAIM_HEADER
+from transport.dialing import DialTarget, dial_loop, dial_target
 from transport.digests import DigestCache
 from transport.awareness import AwarenessTable
 from transport.http import HttpRoutes
-from transport.limits import Backoff, Limits, RateLimiter, ReconnectPolicy
+from transport.limits import Limits, RateLimiter, ReconnectPolicy
 from transport.messages import MAX_ROOM_SIZE, AuthPermissionDenied, encode
 from transport.peer import PeerConnection
 from transport.relay import LINKS_KEY, live_links, reaches_directly
@@ -123,24 +123,6 @@ class _ClientConnection(ClientConnection):
     def __init__(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
         _close_big_frames_with_4413(protocol)
         super().__init__(protocol, *args, **kwargs)
-
-
-@dataclass
-class DialTarget:
-    """A peer URL this node keeps a connection to, and what it knows of it."""
-
-    url: str
-    connect_url: str
-    replica_id: str | None = None
-    attempts: int = 0
-    connection: PeerConnection | None = None
-    last_error: str | None = None
-    last_close_code: int | None = None
-    last_seen: float | None = None
-    next_attempt: float | None = None
-    known_state: dict[int, int] | None = None
-    is_self: bool = False
-    backoff: Backoff | None = field(default=None, repr=False)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -254,16 +236,8 @@ class Mesh:
     # -- configuration helpers ------------------------------------------------------------
 
     def _target(self, url: str) -> DialTarget:
-        """Validate a peer URL; an empty path means this room, any other path must name it."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(f"peer URL must be ws:// or wss:// with a host: {url!r}")
-        path = parts.path
-        if path in ("", "/"):
-            path = "/" + quote(self.room, safe="/:@!$&'()*+,;=-._~")
-        elif unquote(path[1:]) != self.room:
-            raise ValueError(f"peer URL {url!r} names room {unquote(path[1:])!r}, not {self.room!r}")
-        return DialTarget(url=url, connect_url=urlunsplit(parts._replace(path=path)))
+        """Validate a peer URL for this room (transport.dialing.dial_target)."""
+        return dial_target(url, self.room)
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -375,12 +349,6 @@ class Mesh:
         context.load_cert_chain(self._certfile, self._keyfile)
         return context
 
-    def _client_ssl(self, target: DialTarget) -> ssl.SSLContext | None:
-        """TLS context for dialing a wss:// peer: the given CA, else the system's."""
-        if not target.connect_url.startswith("wss:"):
-            return None
-        return ssl.create_default_context(cafile=self._cafile)
-
     # -- presence -------------------------------------------------------------------------
 
     def set_presence(self, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -472,63 +440,27 @@ class Mesh:
     # -- dialing --------------------------------------------------------------------------
 
     async def _dial_loop(self, target: DialTarget) -> None:
-        """Keep one connection to `target`: dial, serve, back off (with jitter), repeat."""
-        backoff = target.backoff = Backoff(self.reconnect)
+        """Keep one connection to `target` (transport.dialing.dial_loop), served by this mesh."""
         headers = {HELLO_HEADER: "1"}
         if self._peer_token is not None:
             headers["Authorization"] = f"Bearer {self._peer_token}"
-        while not self._stopping:
-            if target.is_self:
-                log.warning("event=dial_stopped peer=%s reason=self_connection", target.url)
-                return
-            if target.replica_id is not None:
-                await self._wait_unconnected(target.replica_id)
-                if self._stopping:
-                    return
-            target.attempts += 1
-            target.next_attempt = None
-            try:
-                ws = await connect(
-                    target.connect_url,
-                    additional_headers=headers,
-                    ssl=self._client_ssl(target),
-                    max_size=self.limits.max_frame_size,
-                    compression=None,
-                    open_timeout=10,
-                    ping_interval=self.ping_interval,
-                    close_timeout=self.close_timeout,
-                    create_connection=_ClientConnection,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                target.last_error = f"{type(error).__name__}: {error}"
-                delay = backoff.next_delay()
-                target.next_attempt = time.time() + delay
-                log.debug("event=dial_failed peer=%s error=%s retry_in=%.2f", target.url, json.dumps(target.last_error), delay)
-                await asyncio.sleep(delay)
-                continue
-            target.last_error = None
-            code: int | None = None
-            try:
-                code = await self._serve_connection(ws, Role.DIALER, name=target.url, target=target)
-            except Exception:
-                log.exception("event=connection_failed peer=%s", target.url)
-            finally:
-                with suppress(Exception):
-                    await ws.close()
-            target.last_close_code = code
-            if self._stopping:
-                return
-            if code == closecodes.DUPLICATE_CONNECTION:
-                delay = self.reconnect.initial
-            elif code is not None and closecodes.is_permanent(code):
-                delay = backoff.longest()
-                log.warning("event=dial_refused peer=%s code=%d retry_in=%.1f", target.url, code, delay)
-            else:
-                delay = backoff.next_delay()
-            target.next_attempt = time.time() + delay
-            await asyncio.sleep(delay)
+        await dial_loop(
+            target,
+            reconnect=self.reconnect,
+            connect_options={
+                "additional_headers": headers,
+                "max_size": self.limits.max_frame_size,
+                "compression": None,
+                "open_timeout": 10,
+                "ping_interval": self.ping_interval,
+                "close_timeout": self.close_timeout,
+                "create_connection": _ClientConnection,
+            },
+            cafile=self._cafile,
+            serve=lambda ws, target: self._serve_connection(ws, Role.DIALER, name=target.url, target=target),
+            stopping=lambda: self._stopping,
+            wait_unconnected=self._wait_unconnected,
+        )
 
     async def _wait_unconnected(self, replica_id: str) -> None:
         """Wait until no live connection leads to `replica_id` (the other side's dial won)."""
