@@ -30,7 +30,7 @@ from .control import (
     call,
     claim_daemon_lock,
 )
-from .exitcodes import ExitCode, exit_code_for
+from .exitcodes import ExitCode, exit_code_for, register_exit_code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -657,6 +657,7 @@ def parse_ttl(text: str) -> float:
 AGENT = Arg("--agent", required=True, env="AGENTSTATE_AGENT", help="the agent's name")
 TTL = Arg("--ttl", default="15m", help="lease length: seconds or 30s, 15m, 2h, 1d (default 15m)")
 EPOCH = Arg("--epoch", type=int, required=True, help="the fencing epoch the claim returned")
+register_exit_code("ArbiterRefusedError", ExitCode.UNREACHABLE)
 
 
 def _claim_line(d: dict[str, Any]) -> None:
@@ -713,6 +714,14 @@ def task_complete(inv: Invocation) -> None:
     """Complete a claimed task."""
     a = inv.args
     _claim_result(inv, "task.complete", {"id": a.task_id, "agent": a.agent, "epoch": a.epoch})
+
+
+@cli.command("task claim-state", "Print what an agent's claim on a task is now: won, tentative, lost (exit 7) or "
+             "released.", TASK_ID, AGENT, json_arg("the claim state"),
+             description="After a partition heals, a tentative claim that lost says so here.")
+def task_claim_state(inv: Invocation) -> None:
+    """An agent's claim state."""
+    _claim_result(inv, "task.claim.state", {"id": inv.args.task_id, "agent": inv.args.agent})
 
 
 @cli.command("task next", "Print the task to take next: pending, ready, unclaimed, most urgent first.",

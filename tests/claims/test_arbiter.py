@@ -302,3 +302,34 @@ async def test_an_arbiter_with_claimants_connected_stops_promptly(tmp_path: Path
         assert time.monotonic() - started < 5, "the arbiter waited for an idle claimant's websocket"
         fallback = await asyncio.to_thread(c.b.claims.claim, "T-open", "bob", 60)
         assert fallback.state == "renewed"
+
+
+async def test_the_cli_on_a_claimants_directory_claims_through_the_arbiter(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    async with cluster(tmp_path) as c:
+        c.a.tasks.create("for the CLI", id="T-cli")
+        await eventually(lambda: "T-cli" in c.b.tasks, what="task synced")
+        env = {**os.environ, "AGENTSTATE_TOKEN": TOKEN}
+        env.pop("AGENTSTATE_AGENT", None)
+
+        async def cli(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "replica.app.cli", "--data", str(tmp_path / "b"), *args,
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            return proc.returncode or 0, (out + err).decode()
+
+        code, text = await cli("task", "claim", "T-cli", "--agent", "zed")
+        assert code == 0 and text.startswith("won: T-cli epoch 1"), text
+        holder = c.a.claims.holder("T-cli")
+        assert holder is not None and holder.agent == "zed" and not holder.tentative
+        code, text = await cli("task", "claim", "T-cli", "--agent", "yan")
+        assert code == 7 and "held by zed" in text, text
+        code, text = await cli("task", "claim-state", "T-cli", "--agent", "zed")
+        assert code == 0 and text.startswith("won: T-cli epoch 1"), text
+        env["AGENTSTATE_TOKEN"] = "wrong"
+        code, text = await cli("task", "release", "T-cli", "--agent", "zed", "--epoch", "1")
+        assert code == 6 and "unauthorized" in text and "Traceback" not in text, text
+        assert c.a.claims.holder("T-cli") is not None
