@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib.resources import files
+from typing import Protocol
 
-from transport.auth import TokenAuth
+from transport.auth import Access, TokenAuth
 from transport.http import Handler, HttpRequest, HttpResponse, HttpRoutes
+from transport.rooms import InvalidRoomError, check_room_name
 
 ASSETS = {
     "/board.js": ("board.js", "text/javascript; charset=utf-8"),
@@ -55,18 +57,56 @@ def _script_json(value: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _page(config: dict[str, object]) -> HttpResponse:
+    """The board's HTML with its config filled in."""
+    html = asset("index.html").decode("utf-8")
+    body = html.replace(CONFIG_MARK, _script_json(config), 1)
+    return HttpResponse(body=body.encode("utf-8"), content_type="text/html; charset=utf-8",
+                        headers=dict(SECURITY_HEADERS))
+
+
+def _add_assets(routes: HttpRoutes) -> None:
+    """The board's script and style."""
+    for path, (name, content_type) in ASSETS.items():
+        routes.add(path, _static(name, content_type))
+
+
 def add_board_routes(routes: HttpRoutes, *, room: str, auth: TokenAuth | None = None) -> None:
     """Serve the board at `/` (and its script and style) for `room`; `auth` decides who may write from it."""
 
     def page(request: HttpRequest) -> HttpResponse:
-        html = asset("index.html").decode("utf-8")
-        body = html.replace(CONFIG_MARK, _script_json(page_config(room, auth, request.query)), 1)
-        return HttpResponse(body=body.encode("utf-8"), content_type="text/html; charset=utf-8",
-                            headers=dict(SECURITY_HEADERS))
+        return _page(page_config(room, auth, request.query))
 
     routes.add("/", page)
-    for path, (name, content_type) in ASSETS.items():
-        routes.add(path, _static(name, content_type))
+    _add_assets(routes)
+
+
+class RoomAccessCheck(Protocol):
+    """What a hub's grants answer: may this token open this room, and write in it."""
+
+    @property
+    def required(self) -> bool:
+        """True when a token must be presented."""
+
+    def check(self, presented: str | None, room: str) -> Access:
+        """The access `presented` gives in `room`."""
+
+
+def add_hub_board_routes(routes: HttpRoutes, auth: RoomAccessCheck) -> None:
+    """Serve the board of any room of a hub at `/?room=NAME` (with `&token=` as for `serve`)."""
+
+    def page(request: HttpRequest) -> HttpResponse:
+        room = request.query.get("room", "")
+        try:
+            check_room_name(room)
+        except InvalidRoomError as error:
+            return HttpResponse.text(f"{error}; open /?room=NAME (and &token=TOKEN)\n", status=400)
+        access = auth.check(request.query.get("token"), room)
+        write = access.allowed and not access.read_only and (auth.required or request.query.get("write") == "1")
+        return _page({"room": room, "allowed": access.allowed, "write": write, "token_required": auth.required})
+
+    routes.add("/", page)
+    _add_assets(routes)
 
 
 def _static(name: str, content_type: str) -> Handler:

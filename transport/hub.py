@@ -31,6 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from transport import closecodes
 from transport.auth import Access, InsecureListenError, is_loopback, token_from_request
+from transport.board import add_hub_board_routes
 from transport.http import HttpRoutes
 from transport.limits import Limits
 from transport.mesh import Mesh
@@ -239,6 +240,7 @@ class Hub:
         self.metrics = metrics if metrics is not None else ServerMetrics()
         add_metrics_routes(self.routes, self.metrics)
         add_health_routes(self.routes, self._not_ready)
+        add_hub_board_routes(self.routes, self.auth)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ pycrdt.websocket's server with the same client counts, all in this run.
 from __future__ import annotations
 
 import gc
-import selectors
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pycrdt import Doc, Map
 from replica.replica import Replica
 from transport.hub import Hub, HubLimits, resident_memory
 from transport.rooms import LocalRoomStore
+
+from tests.hub.hubkit import wait_for_line
 
 from .conftest import report, write_task_board
 from .room_clients import write_to_visible
@@ -48,19 +49,8 @@ def free_port() -> int:
 def server(args: list[str], ready: str) -> Iterator[subprocess.Popen[str]]:
     """A server process, waited on until its stderr says `ready`, terminated afterwards."""
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert proc.stderr is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    end = time.monotonic() + 60
-    seen: list[str] = []
     try:
-        while True:
-            assert time.monotonic() < end and selector.select(timeout=max(0.0, end - time.monotonic())), seen
-            line = proc.stderr.readline()
-            assert line, seen
-            seen.append(line)
-            if line.startswith(ready):
-                break
+        wait_for_line(proc, ready)
         yield proc
     finally:
         proc.terminate()

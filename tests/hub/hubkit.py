@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import shutil
+import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -84,3 +88,30 @@ class YjsPeer:
         """Stop the script if it still runs."""
         if self.proc.returncode is None:
             self.proc.kill()
+
+
+def wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> list[str]:
+    """Read the process's stderr (from a thread: no select on a buffered pipe) until a line starts with `prefix`."""
+    assert proc.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.01, end - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"no line starting with {prefix!r}; saw {seen}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 from replica.replica import Replica
 from transport.rooms import LocalRoomStore
 
-from tests.hub.hubkit import room_peer, running_hub
+from tests.hub.hubkit import room_peer, running_hub, wait_for_line
 from tests.mcp.helpers import call, mcp_session
 from tests.transport.meshkit import eventually, free_port
 
@@ -24,23 +23,6 @@ AGENTSTATE = str(Path(sys.executable).parent / "agentstate")
 def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `agentstate --data DATA ARGS...` to completion."""
     return subprocess.run([AGENTSTATE, "--data", str(data), *args], capture_output=True, text=True, timeout=60)
-
-
-def wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 30.0) -> list[str]:
-    """Read the process's stderr until a line starts with `prefix`; the lines read."""
-    assert proc.stderr is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    lines: list[str] = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and selector.select(timeout=max(0.0, end - time.monotonic())):
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if line.startswith(prefix):
-            return lines
-    raise AssertionError(f"no line starting with {prefix!r}; saw {lines}")
 
 
 def tasks_of(data: Path) -> set[str]:
