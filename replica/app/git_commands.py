@@ -144,14 +144,16 @@ def _append_lines(path: Path, lines: tuple[str, ...] | list[str]) -> list[str]:
 # ------------------------------------------------------------------------------ sync
 
 
-def write_state(inv: Invocation, top: Path) -> dict[str, Any]:
+def write_state(inv: Invocation, top: Path, *, import_only: bool = False) -> dict[str, Any]:
     """Fold the committed state file (if any) into the data directory, then write its whole state back.
 
     The file is validated before anything is imported: a malformed file changes nothing.
-    The JSON export is rewritten from the same bytes and names their git object id."""
+    It is rewritten only when the directory holds more (encodings of one state differ),
+    and the JSON export from the same bytes, naming their git object id. `import_only`
+    stops after the fold (hooks after a checkout or merge keep the worktree clean)."""
     import base64
 
-    from .git_state import export_json, load_state, write_atomically
+    from .git_state import export_json, load_state, same_state, write_atomically
 
     path = top / STATE_FILE
     folded: dict[str, Any] | None = None
@@ -162,31 +164,38 @@ def write_state(inv: Invocation, top: Path) -> dict[str, Any]:
                          here=True)
     else:
         current = b""
+    if import_only:
+        return {"state_file": str(path), "folded": folded is not None and bool(folded["changed"]),
+                "written": False, "bytes": len(current), "data": str(inv.session.path)}
     state = base64.b64decode(inv.run("export", {})["update"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if state != current:
+    written = not current or not same_state(state, current)
+    if written:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, state)
+    else:
+        state = current
     export = export_json(state, state_file=Path(STATE_FILE).name, blob=blob_id(top, state))
     export_path = top / EXPORT_FILE
     if not export_path.exists() or export_path.read_text() != export:
         write_atomically(export_path, export.encode())
     return {"state_file": str(path), "export_file": str(export_path), "bytes": len(state),
-            "folded": folded is not None and bool(folded["changed"]), "written": state != current,
+            "folded": folded is not None and bool(folded["changed"]), "written": written,
             "data": str(inv.session.path)}
 
 
 def sync_cmd(inv: Invocation) -> None:
     """`git sync`: fold the committed state into the replica and write the replica's state to the file."""
     top = toplevel()
-    result = write_state(inv, top)
-    if inv.args.stage:
+    result = write_state(inv, top, import_only=inv.args.import_only)
+    if inv.args.stage and not inv.args.import_only:
         git("add", "--", STATE_FILE, EXPORT_FILE, cwd=top)
         result["staged"] = True
     if inv.args.quiet and not inv.args.as_json:
         return
     emit(result, inv.args.as_json, lambda d: print(
         f"{'folded the committed state into' if d['folded'] else 'nothing new from the committed state for'} "
-        f"{d['data']}; {'wrote' if d['written'] else 'unchanged:'} {STATE_FILE} ({d['bytes']} bytes)"
+        f"{d['data']}" + ("" if inv.args.import_only else
+                          f"; {'wrote' if d['written'] else 'unchanged:'} {STATE_FILE} ({d['bytes']} bytes)")
         + (", staged" if d.get("staged") else "")))
 
 
@@ -196,11 +205,11 @@ def sync_cmd(inv: Invocation) -> None:
 def _hook_script(name: str, command: str) -> str:
     """A hook that syncs the data directory recorded for the worktree it runs in (nothing if none is)."""
     extra = {"post-checkout": '[ "$3" = 1 ] || exit 0\n', "pre-commit": ""}.get(name, "")
-    stage = " --stage" if name == "pre-commit" else ""
+    mode = " --stage" if name == "pre-commit" else " --import-only"
     return (f"#!/bin/sh\n{HOOK_MARK} ({name}): written by `agentstate git init --hooks`; remove to disable\n"
             f"{extra}record=\"$(git rev-parse --git-dir)/{DATA_RECORD}\"\n"
             '[ -f "$record" ] || exit 0\n'
-            f'exec {command} --data "$(cat "$record")" git sync --quiet{stage}\n')
+            f'exec {command} --data "$(cat "$record")" git sync --quiet{mode}\n')
 
 
 def _hooks_to_write(top: Path, command: str) -> dict[Path, str]:
@@ -248,7 +257,8 @@ def init_cmd(inv: Invocation) -> None:
         if d["excluded"]:
             print(f"ignored the data directory: {', '.join(d['excluded'])} in .git/info/exclude")
         if d["hooks"]:
-            print(f"hooks: {', '.join(Path(h).name for h in d['hooks'])} run `agentstate git sync`")
+            print(f"hooks: {', '.join(Path(h).name for h in d['hooks'])} run `agentstate git sync` "
+                  "(pre-commit writes and stages the state; the others only fold it in)")
         print(f"commit them: git add .gitattributes {STATE_DIR} && git commit -m 'agentstate state'")
 
     emit(result, inv.args.as_json, render)
@@ -308,8 +318,12 @@ def merge_cmd(inv: Invocation) -> None:
         validate_state(theirs, "theirs")
     except InvalidUpdateError as exc:
         raise InvalidUpdateError(f"cannot merge {where}: {exc}; ours was left as it was") from None
-    top = Path.cwd()
-    _, merged = merged_blob(top, blob_id(top, ours), blob_id(top, theirs), lambda: merge_states(ours, theirs))
+    try:
+        top = toplevel()
+    except NotInRepositoryError:
+        merged = merge_states(ours, theirs)
+    else:
+        _, merged = merged_blob(top, blob_id(top, ours), blob_id(top, theirs), lambda: merge_states(ours, theirs))
     if merged != ours:
         write_atomically(ours_path, merged)
 
@@ -367,6 +381,9 @@ def register(cli: Registry) -> None:
                             "(.git/info/exclude). Running it again changes nothing that is already set.")(init_cmd)
     cli.command("git sync", f"Fold {STATE_FILE} into the data directory and write the directory's state back.",
                 Arg("--stage", action="store_true", help="also `git add` the state file and the export"),
+                Arg("--import-only", action="store_true",
+                    help="only fold the committed file into the data directory, leaving the worktree as it is "
+                         "(the post-merge, post-checkout and post-rewrite hooks)"),
                 Arg("--quiet", action="store_true", help="print nothing on success (for hooks)"),
                 json_arg("what was folded and written"),
                 description="Run it after a merge, checkout or rebase (the hooks do), and before committing.\n"

@@ -70,9 +70,43 @@ def merge_states(ours: bytes, theirs: bytes) -> bytes:
     return doc.get_update()
 
 
-def documents_equal(left: bytes, right: bytes) -> bool:
-    """Whether two states hold the same document (every root the same), however they were encoded."""
-    return decoded(left) == decoded(right)
+def same_state(left: bytes, right: bytes) -> bool:
+    """Whether two whole states hold the same changes, however they were encoded (writers' order varies).
+
+    Same state vector (so the same structs) and the same delete set, compared sorted."""
+    if left == right:
+        return True
+    try:
+        docs = [load_state(left), load_state(right)]
+    except InvalidUpdateError:
+        return False
+    vectors = [decode_state_vector(doc.get_state()) for doc in docs]
+    return vectors[0] == vectors[1] and _delete_set(docs[0]) == _delete_set(docs[1])
+
+
+def _delete_set(doc: Doc) -> list[tuple[int, list[int]]]:
+    """A whole state's delete set as sorted (client, [clock, length, ...]) entries."""
+    data = doc.get_update(doc.get_state())
+    pos = 0
+
+    def varuint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    if varuint() != 0:
+        return [(-1, list(data))]
+    entries = []
+    for _ in range(varuint()):
+        client, count = varuint(), varuint()
+        entries.append((client, [varuint() for _ in range(2 * count)]))
+    return sorted(entries)
 
 
 def decoded(data: bytes) -> dict[str, Any]:
