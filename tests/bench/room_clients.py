@@ -51,12 +51,15 @@ class Client:
                     self.seen.append((time.perf_counter(), clock))
 
 
-async def open_clients(url: str, count: int, headers: dict[str, str] | None = None) -> tuple[list[Client], list[asyncio.Task[None]]]:
-    """`count` synced clients of the room at `url` (each sent step 1 and got step 2)."""
+async def open_clients(url: str | list[str], count: int,
+                       headers: dict[str, str] | None = None) -> tuple[list[Client], list[asyncio.Task[None]]]:
+    """`count` synced clients of the room at `url` (or at urls[i % len(urls)]): each sent step 1 and got step 2."""
+    urls = [url] if isinstance(url, str) else url
     clients: list[Client] = []
     tasks: list[asyncio.Task[None]] = []
-    for _ in range(count):
-        ws = await connect(url, additional_headers=headers, compression=None, max_size=None, ping_interval=None)
+    for index in range(count):
+        ws = await connect(urls[index % len(urls)], additional_headers=headers, compression=None, max_size=None,
+                           ping_interval=None)
         client = Client(ws)
         clients.append(client)
         tasks.append(asyncio.create_task(client.run()))
@@ -74,8 +77,11 @@ async def close_clients(clients: list[Client], tasks: list[asyncio.Task[None]]) 
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def write_to_visible(url: str, clients: int, writes: int, *, interval: float, warmup: int = 20) -> list[float]:
-    """Milliseconds from each write on client 0 until every other client applied it, per (write, reader)."""
+async def write_to_visible(url: str | list[str], clients: int, writes: int, *, interval: float,
+                           warmup: int = 20) -> list[float]:
+    """Milliseconds from each write on client 0 until every other client applied it, per (write, reader).
+
+    With a list of URLs (one room on several hubs) client i dials urls[i % len(urls)]."""
     everyone, tasks = await open_clients(url, clients)
     try:
         writer, readers = everyone[0], everyone[1:]
@@ -107,3 +113,39 @@ async def write_to_visible(url: str, clients: int, writes: int, *, interval: flo
         return latencies
     finally:
         await close_clients(everyone, tasks)
+
+
+async def throughput(writer_urls: list[str], reader_url: str, updates: int) -> float:
+    """Updates per second: one writer per URL sends `updates` unpaced; until one reader (on reader_url) holds them all."""
+    readers, reader_tasks = await open_clients(reader_url, 1)
+    writers, writer_tasks = await open_clients(writer_urls, len(writer_urls))
+    reader = readers[0]
+    try:
+        payloads: list[list[bytes]] = []
+        for writer in writers:
+            board: Map = writer.doc.get("bench", type=Map)
+            frames = []
+            for index in range(updates):
+                before = writer.doc.get_state()
+                board[f"k{index % 50}"] = index
+                frames.append(encode(SyncUpdate(writer.doc.get_update(before))))
+            payloads.append(frames)
+        targets = {writer.doc.client_id: decode_state_vector(writer.doc.get_state())[writer.doc.client_id]
+                   for writer in writers}
+        started = time.perf_counter()
+
+        async def send_all(writer: Client, frames: list[bytes]) -> None:
+            for frame in frames:
+                await writer.ws.send(frame)
+
+        await asyncio.gather(*(send_all(writer, frames) for writer, frames in zip(writers, payloads)))
+        async with asyncio.timeout(300):
+            while True:
+                state = decode_state_vector(reader.doc.get_state())
+                if all(state.get(client, 0) >= clock for client, clock in targets.items()):
+                    break
+                await asyncio.sleep(0.005)
+        return updates * len(writers) / (time.perf_counter() - started)
+    finally:
+        await close_clients(writers, writer_tasks)
+        await close_clients(readers, reader_tasks)
