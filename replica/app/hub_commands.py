@@ -84,9 +84,8 @@ def build_limits(args: Any) -> HubLimits:
 
 
 def hub_cmd(inv: Invocation) -> int:
-    """Run a hub in the foreground until SIGTERM or Ctrl-C."""
+    """Run a hub in the foreground until SIGTERM or Ctrl-C (logging is set up by `logsetup`)."""
     import asyncio
-    import logging
 
     from transport.mesh import parse_listen
 
@@ -97,8 +96,6 @@ def hub_cmd(inv: Invocation) -> int:
         limits = build_limits(inv.args)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return asyncio.run(_run_hub(inv, data, listen, auth, limits))
 
 
