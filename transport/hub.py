@@ -239,6 +239,10 @@ class Hub:
         self._stopping = False
         self.metrics = metrics if metrics is not None else ServerMetrics()
         add_metrics_routes(self.routes, self.metrics)
+        self.metrics.count_rejections_from(lambda: self._refusals)
+        store_rejections = getattr(store, "rejections", None)
+        if callable(store_rejections):
+            self.metrics.count_rejections_from(store_rejections)
         add_health_routes(self.routes, self._not_ready)
         add_hub_board_routes(self.routes, self.auth)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ class ServerMetrics:
             f"{PREFIX}fsync_seconds", "Time of one fsync of the update log (group commit: one per batch).",
             buckets=FSYNC_BUCKETS, registry=self.registry)
         self._meshes: list[Mesh] = []
+        self._rejection_sources: list[Callable[[], Mapping[str, int]]] = []
         self._retired_totals: Counter[str] = Counter()
         self._retired_rejections: Counter[str] = Counter()
         self._high_water: dict[tuple[str, str], float] = {}
@@ -125,6 +126,10 @@ class ServerMetrics:
         update_log = getattr(mesh.replica, "_log", None)
         if update_log is not None:
             update_log.fsync_observer = None
+
+    def count_rejections_from(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Add `source()` (reason -> count so far) to rejected_inputs: a hub's refusals, a store's bad entries."""
+        self._rejection_sources.append(source)
 
     def meshes(self) -> list[Mesh]:
         """The watched meshes (loaded rooms)."""
@@ -166,6 +171,8 @@ class _ScrapeCollector(Collector):
         for status in statuses:
             totals.update({key: int(status["totals"].get(key, 0)) for key in COUNTED_TOTALS})
             rejections.update(status["rejections"])
+        for source in metrics._rejection_sources:
+            rejections.update(source())
         for key, (name, help_text) in COUNTED_TOTALS.items():
             yield CounterMetricFamily(f"{PREFIX}{name}", help_text,
                                       value=metrics.monotonic(name, "", float(totals[key])))

@@ -298,6 +298,10 @@ async def test_hub_metrics_and_health_move_with_traffic(tmp_path: Path) -> None:
         finally:
             a.close()
             b.close()
+        async with connect(f"ws://127.0.0.1:{hub.address[1]}/") as nameless:
+            assert await close_code_of(nameless) == closecodes.ROOM_MISMATCH
+        after = await asyncio.to_thread(scrape, base + "/metrics")
+        assert after["agentstate_rejected_inputs_total{reason=invalid_room}"] == 1
         for path, expected in (("/healthz", (200, b"ok\n")), ("/readyz", (200, b"ready\n"))):
             assert await asyncio.to_thread(http_get, base + path) == expected
 
