@@ -139,7 +139,7 @@ class TransactionManager:
             self.store.close()
             raise
         self.lock: ProcessLock = ProcessLock(self.got_dir / LOCK_FILE_NAME, reentrant=True)
-        self._bases: Dict[str, Dict[str, Tuple[Clock, Optional[int]]]] = {}
+        self._bases: Dict[str, Dict[str, Tuple[Clock, Optional[int], str]]] = {}
         self._bases_lock = threading.Lock()
         self.recover()
 
@@ -169,11 +169,12 @@ class TransactionManager:
         own = tx.write_set.get(entity_id)
         if own is not None:
             return own
+        stamp = self.store.entities.board_stamp(entity_id)
         entity, clock, token = self.store.entities.read_for_update(entity_id, tx.snapshot_version)
         if entity is not None:
             tx.add_read(entity_id, entity.version)
             with self._bases_lock:
-                self._bases.setdefault(tx.id, {}).setdefault(entity_id, (clock, token))
+                self._bases.setdefault(tx.id, {}).setdefault(entity_id, (clock, token, stamp))
         return entity
 
     def write(self, tx: Transaction, entity: Entity) -> None:
@@ -212,8 +213,10 @@ class TransactionManager:
                         list(tx.write_set.values()),
                         validate=self.store.validate_on_save,
                         tx_id=tx.id,
-                        bases={entity_id: clock for entity_id, (clock, _) in seen.items()},
-                        check=lambda: self._detect_conflicts(tx, {k: token for k, (_, token) in seen.items()}),
+                        bases={entity_id: clock for entity_id, (clock, _, _) in seen.items()},
+                        check=lambda: self._detect_conflicts(
+                            tx, {k: token for k, (_, token, _) in seen.items()}, {k: st for k, (_, _, st) in seen.items()}
+                        ),
                     )
                 except Exception as exc:
                     tx.state = TransactionState.ABORTED
@@ -230,20 +233,36 @@ class TransactionManager:
         self.store.entities.settle_durably(result.lsn, self.durability)
         return CommitResult(success=True, version=result.version)
 
-    def _detect_conflicts(self, tx: Transaction, tokens: Dict[str, Optional[int]]) -> List[Conflict]:
-        """Version conflicts: ids both read and written whose stored version moved since the read.
+    def _detect_conflicts(
+        self, tx: Transaction, tokens: Dict[str, Optional[int]], stamps: Dict[str, str]
+    ) -> List[Conflict]:
+        """Version conflicts: ids both read and written whose version moved, or whose board object any
+        caller changed, since the read.
 
-        A record nothing touched since it was read (as current) needs no look."""
+        A record nothing touched since it was read (as current), on the board or in its snapshot,
+        needs no further look."""
         entities = self.store.entities
         conflicts = []
         for entity_id, expected in tx.read_set.items():
             if entity_id not in tx.write_set:
                 continue
+            stamp = stamps.get(entity_id)
+            moved = stamp is not None and entities.board_stamp(entity_id) != stamp
             token = tokens.get(entity_id)
-            if token is not None and entities.untouched_since(entity_id, token):
+            if not moved and token is not None and entities.untouched_since(entity_id, token):
                 continue
             actual = entities.stored_version(entity_id)
-            if actual != expected:
+            if moved and actual == expected:
+                conflicts.append(
+                    Conflict(
+                        entity_id=entity_id,
+                        expected_version=expected,
+                        actual_version=actual,
+                        conflict_type="board_changed",
+                        message=f"Changed on the board since read at version {expected}",
+                    )
+                )
+            elif actual != expected:
                 conflicts.append(
                     Conflict(
                         entity_id=entity_id,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from compat import sharing
+from compat.board import Board, Place, check_projection, place_of
 from compat.checksums import compute_checksum
 from compat.config import DurabilityMode
 from compat.errors import CorruptionError, GoTError, ValidationError
@@ -61,6 +62,14 @@ META_KEY = "_got"
 
 IGNORED_FIELDS: Tuple[str, ...] = ("version", "created_at", "modified_at", META_KEY)
 """Fields whose concurrent changes never count as a conflict."""
+
+LAYOUT_COLLECTION = "got_layout"
+"""Replica collection saying which layout a directory's entities are in."""
+
+LAYOUT_RECORD = "board"
+BOARD_LAYOUT = 2
+"""Layout 2: entities on the board (tasks, graph nodes, graph edges) with their snapshots beside them.
+Layout 1 (no record) kept them in ``got_entities`` only."""
 
 HISTORY_DIR_NAME = "_history"
 
@@ -255,6 +264,7 @@ class _Prepared:
     bumped: Entity
     data: Dict[str, Any]
     checksum: str
+    on_board: bool = True
 
 
 def _restore_floats(entity: Entity) -> Entity:
@@ -304,8 +314,54 @@ class ReplicaEntities:
         self._bad: Optional[Set[str]] = None
         self._dirty: Set[str] = set()
         self._touches: Dict[str, int] = {}
+        self.board = Board(replica)
+        self._layout_marked = False
+        self.upgrade_problems: List[str] = self.upgrade()
         self._opened_fingerprint = self.fingerprint()
         replica.keep_subscription(observe_touched(replica.doc.get(ENTITIES_COLLECTION, type=Map), self._on_change))
+
+    def upgrade(self) -> List[str]:
+        """Put the entities of a directory written before the board layout on the board, once (in place).
+
+        One transaction, under the log's append lock: of several processes opening at once,
+        the first upgrades and the others find it done. An entity already on the board is
+        left alone; one that fails verification or cannot go on the board stays in its
+        snapshot only and is returned as a problem (``agentstate verify`` lists it too)."""
+        layout = self.replica.collection(LAYOUT_COLLECTION)
+        if _layout_current(layout.get(LAYOUT_RECORD)) or not self.records.ids():
+            self._layout_marked = _layout_current(layout.get(LAYOUT_RECORD))
+            return []
+        problems: List[str] = []
+        with self.replica.transaction(wait=False):
+            if _layout_current(layout.get(LAYOUT_RECORD)):
+                self._layout_marked = True
+                return []
+            for entity_id, raw in sorted(self.records.all().items()):
+                if _on_board(raw):
+                    continue
+                try:
+                    self.build(entity_id, raw)
+                    data = _strip(raw)
+                    check_projection(data)
+                except (CorruptionError, ValidationError, ValueError) as exc:
+                    problems.append(f"{entity_id}: {exc}")
+                    continue
+                if self.board.current(place_of(data)) is None:
+                    self.board.put(data)
+                body = dict(raw)
+                body[META_KEY] = {**_meta(raw), "board": BOARD_LAYOUT}
+                self._note_write(entity_id, self.records.put(entity_id, body, base=self.base_clock(entity_id)))
+            self._mark_layout(problems)
+        return problems
+
+    def _mark_layout(self, problems: Sequence[str] = ()) -> None:
+        """Record (inside a write) that this directory's entities live on the board."""
+        if self._layout_marked:
+            return
+        layout = self.replica.collection(LAYOUT_COLLECTION)
+        if not _layout_current(layout.get(LAYOUT_RECORD)):
+            layout.put(LAYOUT_RECORD, {"layout": BOARD_LAYOUT, "at": utc_now_iso(), "problems": list(problems)})
+        self._layout_marked = True
 
     def _on_change(self, touched: Set[str]) -> None:
         """Note every record a transaction touched (it must be verified again)."""
@@ -361,29 +417,103 @@ class ReplicaEntities:
     # ------------------------------------------------------------------- reading
 
     def ids(self) -> List[str]:
-        """Ids of the entities that exist now."""
-        return self.records.ids()
+        """Ids of the entities that exist now: every task on the board, every other entity compat wrote
+        whose board object exists, and junk records (so checks find them); a node or edge made
+        natively is read by its id, not listed."""
+        found = set(self.replica.tasks.ids())
+        stored = self.records.all()
+        found.update(entity_id for entity_id in self.records.ids() if entity_id not in stored)
+        for entity_id, raw in stored.items():
+            if entity_id in found:
+                continue
+            if not raw.get("entity_type") or not _on_board(raw):
+                found.add(entity_id)
+                continue
+            place = self._snapshot_place(raw)
+            if place is None or self.board.current(place) is not None:
+                found.add(entity_id)
+        return sorted(found)
 
     def exists(self, entity_id: str) -> bool:
-        """True if the entity exists now."""
-        return entity_id in self.records
+        """True if the entity exists now (on the board, or as a snapshot standing alone)."""
+        raw, place = self._locate(entity_id)
+        return place is not None or (raw is not None and not _on_board(raw))
 
     def raw(self, entity_id: str) -> Optional[Dict[str, Any]]:
-        """The stored record (data plus ``_got``), or None."""
+        """The stored snapshot (compat's own record: data plus ``_got``), or None."""
         return self.records.get(entity_id)
 
-    def read(self, entity_id: str) -> Optional[Entity]:
-        """The entity, verified; None when absent (see :meth:`build` for the errors)."""
+    def place(self, entity_id: str) -> Optional[Place]:
+        """Where the entity lives on the board now, or None when it does not exist."""
+        return self._locate(entity_id)[1]
+
+    def _snapshot_place(self, raw: Mapping[str, Any]) -> Optional[Place]:
+        """The board place a snapshot projects to; None for a snapshot that names none (junk)."""
+        try:
+            return place_of(_strip(raw))
+        except (KeyError, TypeError):
+            return None
+
+    def _locate(self, entity_id: str) -> Tuple[Optional[Dict[str, Any]], Optional[Place]]:
+        """(snapshot, board place) of an entity; the place is None when it is not on the board."""
         raw = self.records.get(entity_id)
-        return None if raw is None else self.build(entity_id, raw, merged=True)
+        if raw is not None and raw.get("entity_type") and "__invalid__" not in raw:
+            place = self._snapshot_place(raw)
+            if place is not None and self.board.current(place) is not None:
+                return raw, place
+            return raw, None
+        return raw, self.board.native_place(entity_id)
+
+    def read(self, entity_id: str) -> Optional[Entity]:
+        """The entity as every caller sees it (snapshot verified, board fields over it); None when absent.
+
+        A snapshot written without a board object (by an older peer, or junk) is read alone, as before."""
+        raw, place = self._locate(entity_id)
+        if raw is not None and (not raw.get("entity_type") or "__invalid__" in raw or not _on_board(raw)):
+            return self.build(entity_id, raw, merged=True)
+        if place is None:
+            return None
+        return self._composed(entity_id, raw, place)
+
+    def _composed(self, entity_id: str, raw: Optional[Mapping[str, Any]], place: Place) -> Optional[Entity]:
+        """Verify the snapshot (if any) and rebuild the entity from it with the board's fields over it."""
+        snapshot = None
+        if raw is not None:
+            verified = self.build(entity_id, raw, merged=True)
+            snapshot = _strip(raw)
+        data = self.board.compose(entity_id, snapshot, place)
+        if data is None:
+            return None
+        if snapshot is not None and _same_json(data, snapshot):
+            return verified
+        cls = entity_class(data.get("entity_type"), entity_id)
+        try:
+            return _restore_floats(cls.from_dict(data))
+        except (GoTError, KeyError, TypeError, ValueError) as exc:
+            raise CorruptionError(
+                f"Entity {entity_id} on the board does not build a {cls.__name__}: {exc}",
+                entity_id=entity_id,
+                path=self.where(entity_id),
+            ) from None
 
     def stored_version(self, entity_id: str) -> int:
-        """The stored entity's ``version`` field, 0 when it does not exist."""
-        raw = self.records.get(entity_id)
-        if raw is None:
+        """The entity's ``version`` as a reader sees it now (0 when it does not exist)."""
+        raw, place = self._locate(entity_id)
+        if raw is not None and not _on_board(raw):
+            version = raw.get("version", 0)
+            return version if isinstance(version, int) else 0
+        if place is None:
+            if raw is not None and ("__invalid__" in raw or not raw.get("entity_type")):
+                version = raw.get("version", 0)
+                return version if isinstance(version, int) else 0
             return 0
-        version = raw.get("version", 0)
+        data = self.board.compose(entity_id, _strip(raw) if raw is not None else None, place)
+        version = (data or {}).get("version", 0)
         return version if isinstance(version, int) else 0
+
+    def board_stamp(self, entity_id: str) -> str:
+        """A fingerprint of the entity's board object: a native write changes it (for the optimistic check)."""
+        return self.board.stamp(self.place(entity_id))
 
     def build(self, entity_id: str, raw: Mapping[str, Any], *, merged: bool = False) -> Entity:
         """Verify a stored record and rebuild its entity.
@@ -445,14 +575,14 @@ class ReplicaEntities:
         if raw is not None:
             stamp = _meta(raw).get("gv")
             if isinstance(stamp, int) and stamp <= version:
-                return self.build(entity_id, raw, merged=True)
+                return self.read(entity_id)
         writes = [w for w in self.records.history(entity_id) if w.version is not None]
         older = [w for w in writes if w.version is not None and w.version <= version]
         if older:
             last = older[-1]
             return None if last.data is None else self.build(entity_id, last.data)
         if len(writes) <= 1 and raw is not None and version >= 1:
-            return self.build(entity_id, raw, merged=True)
+            return self.read(entity_id)
         return None
 
     def history(self, entity_id: str) -> List[Dict[str, Any]]:
@@ -610,7 +740,14 @@ class ReplicaEntities:
                 entity_type=entity.entity_type,
                 errors=[str(exc)],
             ) from None
-        return _Prepared(entity, bumped, data, stored_checksum(data))
+        on_board = True
+        try:
+            check_projection(data)
+        except ValidationError:
+            if validate:
+                raise
+            on_board = False
+        return _Prepared(entity, bumped, data, stored_checksum(data), on_board)
 
     def put_batch(
         self,
@@ -634,40 +771,64 @@ class ReplicaEntities:
                     return BatchResult(None, list(refused), self.replica.last_lsn)
             version = self.current_version() + 1
             written_at = utc_now_iso()
+            self._mark_layout()
             for item in prepared:
                 body = dict(item.data)
                 body[META_KEY] = {"checksum": item.checksum, "tx": tx_id, "gv": version, "written_at": written_at}
+                if item.on_board:
+                    body[META_KEY]["board"] = BOARD_LAYOUT
                 entity_id = item.entity.id
                 base = bases.get(entity_id) if bases is not None else None
                 if base is None:
                     base = self.base_clock(entity_id)
+                previous = self.records.get(entity_id)
                 self._note_write(entity_id, self.records.put(entity_id, body, base=base, version=version))
+                if item.on_board:
+                    self.board.put(item.data, previous)
+                else:
+                    self._off_board(previous)
             self._count_commit()
         for item in prepared:
             item.entity.version = item.bumped.version
             item.entity.modified_at = item.bumped.modified_at
         return BatchResult(version, [], self.replica.last_lsn)
 
+    def _off_board(self, previous: Optional[Mapping[str, Any]]) -> None:
+        """Take an entity's old board object away: its new data (written unvalidated) cannot go there."""
+        place = self._snapshot_place(previous) if previous is not None and previous.get("entity_type") else None
+        if place is not None:
+            self.board.remove(place)
+
     def put_raw(
         self, entity_id: str, data: Dict[str, Any], *, version: int, source: Optional[Dict[str, Any]] = None
     ) -> None:
-        """Store ``data`` exactly as given (migration), checksummed, stamped with ``version``."""
+        """Store ``data`` exactly as given (migration), checksummed, stamped with ``version``, and put it on the board.
+
+        ValidationError, before anything is written, when it cannot go on the board."""
+        check_projection(data)
         body = dict(data)
         meta: Dict[str, Any] = {
             "checksum": stored_checksum(data),
             "tx": None,
             "gv": version,
             "written_at": utc_now_iso(),
+            "board": BOARD_LAYOUT,
         }
         if source:
             meta["source"] = source
         body[META_KEY] = meta
-        self._note_write(entity_id, self.records.put(entity_id, body, base=self.base_clock(entity_id), version=version))
+        with self.replica.transaction(wait=False):
+            self._mark_layout()
+            previous = self.records.get(entity_id)
+            self._note_write(
+                entity_id, self.records.put(entity_id, body, base=self.base_clock(entity_id), version=version)
+            )
+            self.board.put(data, previous)
 
     def delete(self, entity_id: str) -> Tuple[bool, int]:
         """Delete the entity (global version + 1); (False, lsn) when it does not exist."""
         with self.replica.transaction(wait=False):
-            if entity_id not in self.records:
+            if not self.exists(entity_id):
                 return False, self.replica.last_lsn
             version = self.current_version() + 1
             self.delete_raw(entity_id, version=version)
@@ -675,9 +836,17 @@ class ReplicaEntities:
         return True, self.replica.last_lsn
 
     def delete_raw(self, entity_id: str, *, version: int, resolves: Iterable[str] = ()) -> None:
-        """Delete the record, its write stamped with ``version`` (no global version change)."""
-        base = self.base_clock(entity_id)
-        self._note_write(entity_id, self.records.delete(entity_id, base=base, resolves=resolves, version=version))
+        """Delete the entity from the board and its snapshot, the write stamped with ``version`` (no global
+        version change)."""
+        with self.replica.transaction(wait=False):
+            raw, place = self._locate(entity_id)
+            if place is not None:
+                self.board.remove(place)
+            if raw is not None:
+                base = self.base_clock(entity_id)
+                self._note_write(
+                    entity_id, self.records.delete(entity_id, base=base, resolves=resolves, version=version)
+                )
 
     # ----------------------------------------------------------------- conflicts
 
@@ -717,13 +886,18 @@ class ReplicaEntities:
                     write = self.records.resolve(conflict, {}, version=version)
                     self._note_write(entity_id, write)
                 else:
+                    place = self.place(entity_id)
+                    if place is not None:
+                        self.board.remove(place)
                     self._note_write(
                         entity_id, self.records.delete(entity_id, base=base, resolves=(conflict.id,), version=version)
                     )
                 self._count_commit()
                 resolved: Optional[Entity] = None
             else:
-                start = _strip(current) if current is not None else dict(keep or {})
+                place = self.place(entity_id) if current is not None else None
+                composed = self.board.compose(entity_id, _strip(current), place) if place is not None else None
+                start = composed or (_strip(current) if current is not None else dict(keep or {}))
                 merged = {**start, **{k: v for k, v in values.items() if k != "__deleted__"}}
                 cls = entity_class(merged.get("entity_type"), entity_id)
                 entity = cls.from_dict(merged)
@@ -734,10 +908,12 @@ class ReplicaEntities:
                     "tx": f"resolve:{conflict.id}",
                     "gv": version,
                     "written_at": utc_now_iso(),
+                    "board": BOARD_LAYOUT,
                 }
                 self._note_write(
                     entity_id, self.records.put(entity_id, body, base=base, resolves=(conflict.id,), version=version)
                 )
+                self.board.put(item.data, current)
                 self._count_commit()
                 resolved = item.bumped
         return resolved, self.replica.last_lsn
@@ -758,6 +934,16 @@ class ReplicaEntities:
             self.replica.flush()
         else:
             self.replica.wait_durable(lsn)
+
+
+def _on_board(raw: Optional[Mapping[str, Any]]) -> bool:
+    """True when a snapshot was written with its board object (else it stands alone: an older peer's)."""
+    return raw is not None and _meta(raw).get("board") == BOARD_LAYOUT
+
+
+def _layout_current(record: Optional[Mapping[str, Any]]) -> bool:
+    """True when a layout record says the entities are on the board."""
+    return isinstance(record, Mapping) and record.get("layout") == BOARD_LAYOUT
 
 
 def _same_json(a: Any, b: Any) -> bool:
@@ -858,10 +1044,10 @@ class VersionedStore:
     def _read_and_verify(self, path_or_id: Union[PathLike, str]) -> Dict[str, Any]:
         """The old wrapper ``{_checksum, _written_at, data}`` of a verified entity (an id or ``<id>.json``)."""
         entity_id = Path(path_or_id).stem if str(path_or_id).endswith(".json") else str(path_or_id)
-        raw = self.entities.raw(entity_id)
-        if raw is None:
+        entity = self.entities.read(entity_id)
+        if entity is None:
             raise FileNotFoundError(f"no entity {entity_id} in {self.entities.where(entity_id)}")
-        entity = self.entities.build(entity_id, raw, merged=True)
+        raw = self.entities.raw(entity_id) or {}
         data = entity.to_dict()
         return {"_checksum": compute_checksum(data), "_written_at": _meta(raw).get("written_at"), "data": data}
 

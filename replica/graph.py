@@ -7,6 +7,7 @@ while an edge whose node simply has not arrived yet is kept and reported as dang
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -25,15 +26,44 @@ from .models import (
     check_properties,
     describe_errors,
     edge_key,
+    from_doc_number,
     iso_now,
     validate_field,
 )
-from .schema import EDGES, NODES, REMOVED_NODES, observe_keys, plain, record_dict
+from .schema import EDGES, NODES, REMOVED_NODES, TASKS, observe_keys, plain, record_dict
 
 if TYPE_CHECKING:
     from .access import DocAccess
 
 Direction = Literal["out", "in", "both"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as the Doc gives them back (an integral float reads as an int)."""
+    return (json.dumps(from_doc_number(a), sort_keys=True, default=str)
+            == json.dumps(from_doc_number(b), sort_keys=True, default=str))
+
+
+def _set_changed(entry: Map, values: Mapping[str, Any]) -> bool:
+    """Write the values of `entry` that differ; True if any did."""
+    changed = False
+    for name, value in values.items():
+        if name not in entry or not _same(plain(entry.get(name)), value):
+            entry[name] = value
+            changed = True
+    return changed
+
+
+def _sync_map(bag: Map, values: Mapping[str, Any]) -> bool:
+    """Make `bag` hold exactly `values`, writing only keys that differ; True if any did."""
+    current = plain(bag)
+    current = current if isinstance(current, dict) else {}
+    changed = _set_changed(bag, {k: v for k, v in values.items() if k not in current or not _same(current[k], v)})
+    for key in current:
+        if key not in values:
+            del bag[key]
+            changed = True
+    return changed
 
 
 def split_edge_key(key: str) -> tuple[str, str, str] | None:
@@ -52,6 +82,7 @@ class Graph:
         self._nodes = access.doc.get(NODES, type=Map)
         self._edges = access.doc.get(EDGES, type=Map)
         self._removed = access.doc.get(REMOVED_NODES, type=Map)
+        self._tasks = access.doc.get(TASKS, type=Map)
         self._generation = 0
         self._index_generation = -1
         self._out: dict[str, set[str]] = {}
@@ -150,6 +181,53 @@ class Graph:
                         del bag[key]
             entry["updated_at"] = iso_now()
 
+    def put_node(self, id: str, type: str, content: str, properties: Mapping[str, Any]) -> bool:
+        """Make node `id` hold exactly this type, content and properties, creating it if absent.
+
+        Only what differs is written; True if anything changed. For a caller keeping its
+        own record of the node (compat's entities), inside that caller's write."""
+        check_id("node", id)
+        node_type = validate_field(Node, "node", "type", type)
+        text = validate_field(Node, "node", "content", content)
+        props = check_properties("node", dict(properties))
+        now = iso_now()
+        with self._access.write():
+            entry = self._nodes.get(id)
+            if not isinstance(entry, Map):
+                self._nodes[id] = Map({"type": node_type, "content": text, "properties": Map(props),
+                                       "created_at": now, "updated_at": now,
+                                       "created_by": self._access.replica_id})
+                if id in self._removed:
+                    del self._removed[id]
+                return True
+            changed = _set_changed(entry, {"type": node_type, "content": text})
+            bag = entry.get("properties")
+            if not isinstance(bag, Map):
+                bag = entry["properties"] = Map()
+            changed = _sync_map(bag, props) or changed
+            if changed:
+                entry["updated_at"] = now
+            return changed
+
+    def remove_node_only(self, id: str) -> bool:
+        """Delete node `id` but neither its edges nor with a tombstone (their owner removes them); False if absent."""
+        with self._access.write():
+            if id not in self._nodes:
+                return False
+            del self._nodes[id]
+            return True
+
+    def node_raw(self, id: str) -> dict[str, Any] | None:
+        """The node's stored fields as plain values (unvalidated), or None."""
+        with self._access.read():
+            entry = self._nodes.get(id)
+            return record_dict(entry) if isinstance(entry, Map) else None
+
+    def node_ids(self) -> list[str]:
+        """Ids of every stored node."""
+        with self._access.read():
+            return list(self._nodes.keys())
+
     def remove_node(self, id: str) -> int:
         """Remove a node and every edge touching it; returns how many edges went with it."""
         with self._access.write():
@@ -231,7 +309,7 @@ class Graph:
         weight: float = 1.0,
         properties: dict[str, Any] | None = None,
     ) -> Edge:
-        """Add (or re-weight) the edge source -type-> target; both nodes must exist here."""
+        """Add (or re-weight) the edge source -type-> target; both ends (nodes or tasks) must exist here."""
         check_id("edge", source, "source")
         check_id("edge", target, "target")
         edge_type = validate_field(Edge, "edge", "type", type)
@@ -242,8 +320,8 @@ class Graph:
         key = edge_key(source, edge_type, target)
         with self._access.write():
             for field, node_id in (("source", source), ("target", target)):
-                if node_id not in self._nodes:
-                    raise FieldError("edge", field, f"node {node_id!r} does not exist")
+                if node_id not in self._nodes and node_id not in self._tasks:
+                    raise FieldError("edge", field, f"node or task {node_id!r} does not exist")
             entry = self._edges.get(key)
             if isinstance(entry, Map):
                 entry["weight"] = w
@@ -265,6 +343,43 @@ class Graph:
                     }
                 )
         return self.get_edge(source, target, edge_type)
+
+    def put_edge(self, source: str, target: str, type: str, weight: float, properties: Mapping[str, Any]) -> bool:
+        """Make edge source -type-> target hold exactly this weight and properties; True if anything changed.
+
+        Its ends need not exist yet (they may be tasks, or nodes written later in the same
+        transaction). For a caller keeping its own record of the edge (compat's entities)."""
+        check_id("edge", source, "source")
+        check_id("edge", target, "target")
+        edge_type = validate_field(Edge, "edge", "type", type)
+        w = validate_field(Edge, "edge", "weight", weight)
+        if not math.isfinite(w):
+            raise FieldError("edge", "weight", f"must be a finite number; got {weight!r}")
+        props = check_properties("edge", dict(properties))
+        key = edge_key(source, edge_type, target)
+        with self._access.write():
+            entry = self._edges.get(key)
+            if not isinstance(entry, Map):
+                self._edges[key] = Map({"source": source, "target": target, "type": edge_type, "weight": w,
+                                        "properties": Map(props), "created_at": iso_now(),
+                                        "created_by": self._access.replica_id})
+                return True
+            changed = _set_changed(entry, {"weight": w})
+            bag = entry.get("properties")
+            if not isinstance(bag, Map):
+                bag = entry["properties"] = Map()
+            return _sync_map(bag, props) or changed
+
+    def edge_raw(self, key: str) -> dict[str, Any] | None:
+        """The edge's stored fields under `source|type|target` as plain values (unvalidated), or None."""
+        with self._access.read():
+            entry = self._edges.get(key)
+            return record_dict(entry) if isinstance(entry, Map) else None
+
+    def edge_keys(self) -> list[str]:
+        """Keys of every stored edge."""
+        with self._access.read():
+            return list(self._edges.keys())
 
     def remove_edge(self, source: str, target: str, type: str) -> bool:
         """Remove one edge; False if it was not there."""
@@ -300,9 +415,8 @@ class Graph:
     def edges(
         self, *, source: str | None = None, target: str | None = None, type: str | None = None
     ) -> list[Edge]:
-        """Valid edges whose both ends exist, filtered; dangling ones are in `dangling_edges`."""
-        with self._access.read():
-            present = set(self._nodes.keys())
+        """Valid edges whose both ends exist (a node or a task), filtered; dangling ones are in `dangling_edges`."""
+        present = self._ends()
         return [
             e
             for e in self._all_edges()[0]
@@ -313,10 +427,14 @@ class Graph:
             and (type is None or e.type == type)
         ]
 
-    def dangling_edges(self) -> list[Edge]:
-        """Edges with a missing end (its node not yet arrived from a peer, or junk)."""
+    def _ends(self) -> set[str]:
+        """Ids an edge may end at: nodes and tasks (compat's edges link tasks)."""
         with self._access.read():
-            present = set(self._nodes.keys())
+            return set(self._nodes.keys()) | set(self._tasks.keys())
+
+    def dangling_edges(self) -> list[Edge]:
+        """Edges with a missing end (neither a node nor a task: not yet arrived from a peer, or junk)."""
+        present = self._ends()
         return [e for e in self._all_edges()[0] if e.source not in present or e.target not in present]
 
     def neighbours(

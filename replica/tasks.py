@@ -22,6 +22,7 @@ from .models import (
     check_id,
     check_properties,
     describe_errors,
+    from_doc_number,
     iso_now,
     utc_now,
     validate_field,
@@ -255,6 +256,69 @@ class TaskBoard:
         for key in wanted:
             if key not in target:
                 target[key] = True
+
+    def put_fields(self, task_id: str, scalars: Mapping[str, Any], properties: Mapping[str, Any], *,
+                   created_at: str | None = None) -> bool:
+        """Make a task hold exactly these scalars and properties, creating it if absent; True if anything changed.
+
+        Only fields that differ are written, and no write record is kept: this is for a
+        caller that keeps its own (compat's entity records), inside that caller's write."""
+        task_id = check_id("task", task_id)
+        checked = {name: _scalar(name, value) for name, value in scalars.items()}
+        unknown = set(checked) - _SCALAR_NAMES
+        if unknown:
+            raise FieldError("task", sorted(unknown)[0], "no such field (or not writable)")
+        props = check_properties("task", dict(properties))
+        now = iso_now()
+        with self._access.write():
+            entry = self._root.get(task_id)
+            if not isinstance(entry, Map):
+                defaults = {"description": "", "status": TaskStatus.PENDING.value,
+                            "priority": Priority.MEDIUM.value, "owner": None}
+                self._root[task_id] = Map({
+                    **defaults, **checked, "created_at": created_at or now, "updated_at": now,
+                    "created_by": self._access.replica_id, "tags": as_set_map([]), "depends_on": as_set_map([]),
+                    "properties": Map(props),
+                })
+                return True
+            changed = False
+            for name, value in checked.items():
+                if name not in entry or plain(entry.get(name)) != value:
+                    entry[name] = value
+                    changed = True
+            bag = self._nested(entry, "properties")
+            current = plain(bag)
+            for key, value in props.items():
+                if key not in current or (json.dumps(current[key], sort_keys=True, default=str)
+                                          != json.dumps(from_doc_number(value), sort_keys=True, default=str)):
+                    bag[key] = value
+                    changed = True
+            for key in current:
+                if key not in props:
+                    del bag[key]
+                    changed = True
+            if changed:
+                entry["updated_at"] = now
+            return changed
+
+    def remove_quietly(self, task_id: str) -> bool:
+        """Delete a task without a write record (for a caller that keeps its own); False if absent."""
+        with self._access.write():
+            if task_id not in self._root:
+                return False
+            del self._root[task_id]
+            return True
+
+    def raw(self, task_id: str) -> dict[str, Any] | None:
+        """The task's stored fields as plain values (unvalidated), or None when absent or not a map."""
+        with self._access.read():
+            entry = self._root.get(task_id)
+            return record_dict(entry) if isinstance(entry, Map) else None
+
+    def ids(self) -> list[str]:
+        """Ids of every stored task (valid or not)."""
+        with self._access.read():
+            return list(self._root.keys())
 
     def delete(self, task_id: str) -> None:
         """Delete a task (a concurrent edit elsewhere does not bring it back)."""
