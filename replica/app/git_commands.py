@@ -307,23 +307,21 @@ def merge_cmd(inv: Invocation) -> None:
     """The merge driver: write the CRDT merge of %A and %B to %A; on bad input say why and leave %A alone."""
     from replica.errors import InvalidUpdateError
 
-    from .git_state import merge_states, validate_state, write_atomically
+    from .git_state import merge_states, write_atomically
 
     a = inv.args
     ours_path, theirs_path = Path(a.ours), Path(a.theirs)
     ours, theirs = _read(ours_path, "ours"), _read(theirs_path, "theirs")
-    where = a.path or ours_path
     try:
-        validate_state(ours, "ours")
-        validate_state(theirs, "theirs")
+        try:
+            top = toplevel()
+        except NotInRepositoryError:
+            merged = merge_states(ours, theirs)
+        else:
+            _, merged = merged_blob(top, blob_id(top, ours), blob_id(top, theirs),
+                                    lambda: merge_states(ours, theirs))
     except InvalidUpdateError as exc:
-        raise InvalidUpdateError(f"cannot merge {where}: {exc}; ours was left as it was") from None
-    try:
-        top = toplevel()
-    except NotInRepositoryError:
-        merged = merge_states(ours, theirs)
-    else:
-        _, merged = merged_blob(top, blob_id(top, ours), blob_id(top, theirs), lambda: merge_states(ours, theirs))
+        raise InvalidUpdateError(f"cannot merge {a.path or ours_path}: {exc}; ours was left as it was") from None
     if merged != ours:
         write_atomically(ours_path, merged)
 

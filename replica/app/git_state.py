@@ -32,11 +32,19 @@ def load_state(data: bytes, what: str = "state") -> Doc:
     decode as a Yjs update, and an update that depends on changes it does not carry (a
     truncated or incremental update, not a whole state): merging it would lose them.
     """
+    doc = Doc()
+    apply_state(doc, data, what)
+    return doc
+
+
+def apply_state(doc: Doc, data: bytes, what: str) -> None:
+    """Apply the whole state `data` to `doc`, refusing what `load_state` refuses.
+
+    On refusal `doc` may hold part of it: use a Doc that is thrown away on error."""
     if not isinstance(data, (bytes, bytearray)):
         raise InvalidUpdateError(f"{what}: a state must be bytes")
     if not data:
         raise InvalidUpdateError(f"{what}: empty file, not a Yjs update (an empty document is the 2 bytes 00 00)")
-    doc = Doc()
     try:
         claimed = decode_state_vector(get_state(bytes(data)))
         doc.apply_update(bytes(data))
@@ -51,12 +59,6 @@ def load_state(data: bytes, what: str = "state") -> Doc:
     if missing:
         raise InvalidUpdateError(f"{what}: an incomplete Yjs update (it depends on changes it does not carry, "
                                  f"from {len(missing)} writer(s)): not a whole state")
-    return doc
-
-
-def validate_state(data: bytes, what: str = "state") -> None:
-    """Raise InvalidUpdateError unless `data` is a whole Yjs state (see `load_state`)."""
-    load_state(data, what)
 
 
 def merge_states(ours: bytes, theirs: bytes) -> bytes:
@@ -65,8 +67,7 @@ def merge_states(ours: bytes, theirs: bytes) -> bytes:
     The same two inputs give the same bytes in any process: the result is what the
     driver writes, and what the JSON export's driver recomputes."""
     doc = load_state(ours, "ours")
-    other = load_state(theirs, "theirs")
-    doc.apply_update(other.get_update(doc.get_state()))
+    apply_state(doc, theirs, "theirs")
     return doc.get_update()
 
 
