@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pycrdt import Array, Map
+from pycrdt import Array, Doc, Map
+from pycrdt._pycrdt import Map as _IntegratedMap
 
 from .models import from_doc_number
 
@@ -47,6 +48,31 @@ def record_dict(ymap: Any) -> dict[str, Any]:
         value = plain(ymap)
         return value if isinstance(value, dict) else {}
     return {}
+
+
+def record_dicts(ymap: Map, doc: Doc) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every entry of a root map as (key, plain dict), or (key, None) where the entry is not a Y.Map.
+
+    Call it inside a read of the Doc. Walks the integrated yrs map directly: pycrdt's
+    `items()` builds a Python wrapper per entry, which cost as much as reading the entries.
+    """
+    try:
+        with doc.transaction() as txn:
+            raw, integrated = txn._txn, ymap.integrated
+            entries = []
+            for key in integrated.keys(raw):
+                value = integrated.get(raw, key)
+                if isinstance(value, _IntegratedMap):
+                    try:
+                        parsed = json.loads(value.to_json(raw))
+                    except ValueError:
+                        parsed = record_dict(ymap[key])
+                    entries.append((key, parsed if isinstance(parsed, dict) else {}))
+                else:
+                    entries.append((key, None))
+            return entries
+    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower walk
+        return [(key, record_dict(value) if isinstance(value, Map) else None) for key, value in ymap.items()]
 
 
 KeysCallback = Callable[[Mapping[str, Mapping[str, Any]]], None]
