@@ -27,7 +27,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode
 
-from replica.errors import ClosedError, InvalidUpdateError, ReplicaError
 from replica.replica import Replica
 from replica.statevector import decode_state_vector, missing_from
 from transport import closecodes
@@ -37,6 +36,7 @@ from transport.dialing import DialTarget, dial_loop, dial_target
 from transport.digests import DigestCache
 from transport.awareness import AwarenessTable
 from transport.http import HttpRoutes
+from transport.intake import UpdateIntake
 from transport.limits import Limits, RateLimiter, ReconnectPolicy
 from transport.messages import MAX_ROOM_SIZE, AuthPermissionDenied, encode
 from transport.peer import PeerConnection
@@ -58,11 +58,8 @@ from transport.session import (
     UpdateReceived,
     UpdateRefused,
 )
-from transport.updates import UpdateFormatError, integrable_part
 
 log = logging.getLogger(__name__)
-
-"""Close code for the redundant one of two connections between the same nodes (or to itself)."""
 
 HELLO_HEADER = "X-Agentstate-Hello"
 """Request header by which a dialing agentstate node announces that a hello comes first."""
@@ -146,11 +143,6 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def _is_panic(error: BaseException) -> bool:
-    """True for pyo3's PanicException (a BaseException) raised when yrs panics on bad input."""
-    return type(error).__name__ == "PanicException"
-
-
 class Mesh:
     """Listen and dial for one replica and room; see docs/protocol.md for every rule."""
 
@@ -197,7 +189,7 @@ class Mesh:
         self._follow = follow
         self.claim_handler: Any = None
         """`ArbiterServer.handle` when this node is the room's claim arbiter (`serve --arbiter`), else None."""
-        self._before_apply = before_apply
+        self._intake = UpdateIntake(replica, self.limits, reject=self._reject, close=self._close, store=before_apply)
         self._auth = TokenAuth(tokens, read_only_tokens)
         self._peer_token = peer_token
         self._certfile, self._keyfile, self._cafile = certfile, keyfile, cafile
@@ -230,7 +222,6 @@ class Mesh:
         self._stopped = False
         self.rejection_log = RateLimitedLog(log)
         """Rejections are logged at most `lines` per `interval` per reason (every one is counted)."""
-        self.apply_observer: Callable[[float], None] | None = None
         """Called with the seconds each successful apply of a peer's update took (metrics)."""
 
     # -- configuration helpers ------------------------------------------------------------
@@ -253,6 +244,15 @@ class Mesh:
         host, port = self._address
         host = f"[{host}]" if ":" in host else host
         return f"{scheme}://{host}:{port}/{quote(self.room, safe='/')}"
+
+    @property
+    def apply_observer(self) -> Callable[[float], None] | None:
+        """Called with each peer update's apply time in seconds (the metrics' histogram), or None."""
+        return self._intake.apply_observer
+
+    @apply_observer.setter
+    def apply_observer(self, observer: Callable[[float], None] | None) -> None:
+        self._intake.apply_observer = observer
 
     def connections(self) -> tuple[PeerConnection, ...]:
         """Live connections (for status and tests)."""
@@ -579,10 +579,12 @@ class Mesh:
                     self._reject(conn, closecodes.RATE_LIMITED, "rate_limited", f"over the {broken} limit")
                     continue
                 for event in conn.session.receive(frame):
-                    if self._before_apply is not None and isinstance(event, (StepTwoReceived, UpdateReceived)):
+                    if self._intake.stores_first and isinstance(event, (StepTwoReceived, UpdateReceived)):
                         if conn.holding:
                             conn.release_opening()
-                        if not await self._store_then_apply(conn, event):
+                        if isinstance(event, StepTwoReceived):
+                            conn.repair_requested = False
+                        if not await self._intake.store_then_apply(conn, event.update):
                             break
                     elif not self._on_event(conn, event):
                         break
@@ -616,9 +618,9 @@ class Mesh:
                 conn.queue_step2(state_vector, empty=empty)
             case StepTwoReceived(update=update):
                 conn.repair_requested = False
-                return self._apply(conn, update)
+                return self._intake.apply(conn, update)
             case UpdateReceived(update=update):
-                return self._apply(conn, update)
+                return self._intake.apply(conn, update)
             case Synced():
                 conn.synced_at = time.time()
                 target: DialTarget | None = conn.target
@@ -693,96 +695,6 @@ class Mesh:
         if a_wins != b_wins:
             return a if a_wins else b
         return a if a.sequence > b.sequence else b
-
-    async def _store_then_apply(self, conn: PeerConnection, event: StepTwoReceived | UpdateReceived) -> bool:
-        """With a `before_apply` hook (a hub's durable stream): check, store, then apply and relay.
-
-        Only what passed the integrity check is stored; a store failure closes the connection
-        with 1013 so the client retries (and resends) instead of believing it was kept.
-        """
-        if isinstance(event, StepTwoReceived):
-            conn.repair_requested = False
-        before = decode_state_vector(self.replica.state_vector())
-        checked = self._check(conn, event.update, before)
-        if checked is None:
-            return False
-        update, problem = checked
-        assert self._before_apply is not None
-        try:
-            await self._before_apply(update)
-        except Exception as error:
-            log.warning("event=store_failed peer=%s error=%s", conn.name, json.dumps(str(error)[:200]))
-            self._close(conn, closecodes.TRY_AGAIN_LATER, "storage unavailable")
-            return False
-        return self._apply_checked(conn, update, problem, before)
-
-    def _check(self, conn: PeerConnection, update: bytes, before: Mapping[int, int]) -> tuple[bytes, str | None] | None:
-        """The integrable part of a peer's update and why the rest waits; None once refused.
-
-        Updates up to `limits.integrity_check_bytes` are parsed first: malformed ones are
-        refused (pycrdt would integrate a prefix of them and ignore the rest), and the part
-        that cannot integrate at once is cut off and asked for again (`_defer`).
-        """
-        if len(update) > self.limits.integrity_check_bytes:
-            return update, None
-        try:
-            return integrable_part(update, before)
-        except UpdateFormatError as error:
-            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"malformed update: {error}")
-        except Exception as error:
-            log.exception("event=integrity_check_failed peer=%s bytes=%d", conn.name, len(update))
-            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"update could not be checked: {error}")
-        return None
-
-    def _apply(self, conn: PeerConnection, update: bytes) -> bool:
-        """Apply a peer's update with the peer as origin; refuse bad bytes with 4400 (see `_check`)."""
-        before = decode_state_vector(self.replica.state_vector())
-        checked = self._check(conn, update, before)
-        if checked is None:
-            return False
-        return self._apply_checked(conn, checked[0], checked[1], before)
-
-    def _apply_checked(self, conn: PeerConnection, update: bytes, problem: str | None, before: Mapping[int, int]) -> bool:
-        """Apply an update that passed `_check`; defer what could not integrate yet."""
-        started = time.perf_counter()
-        try:
-            changed = self.replica.apply_update(update, origin=conn.origin)
-        except InvalidUpdateError as error:
-            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", str(error))
-            return False
-        except ClosedError:
-            self._close(conn, closecodes.GOING_AWAY, "replica closed")
-            return False
-        except ReplicaError:
-            log.exception("event=apply_failed peer=%s", conn.name)
-            self._close(conn, closecodes.INTERNAL_ERROR, "apply failed")
-            return False
-        except BaseException as error:
-            if not _is_panic(error):
-                raise
-            self._reject(conn, closecodes.PROTOCOL_ERROR, "invalid_update", f"pycrdt panicked: {error}")
-            return False
-        conn.counters["updates_applied" if changed else "updates_redundant"] += 1
-        if self.apply_observer is not None:
-            self.apply_observer(time.perf_counter() - started)
-        if changed:
-            conn.note_received(before, self.replica.state_vector())
-        if problem is not None:
-            self._defer(conn, problem)
-        return True
-
-    def _defer(self, conn: PeerConnection, problem: str) -> None:
-        """Part of an update could not integrate yet: ask the peer for everything we lack.
-
-        Before the peer's first step 2 nothing is asked: that step 2 is computed after the
-        update was written, so it carries it. At most one such step 1 is outstanding.
-        """
-        conn.counters["updates_deferred"] += 1
-        log.info("event=deferred peer=%s reason=%s", conn.name, json.dumps(problem[:200]))
-        if conn.synced_at is not None and not conn.repair_requested:
-            conn.repair_requested = True
-            conn.counters["repairs_requested"] += 1
-            conn.queue_frame(conn.session.send_step1(self.replica.state_vector()))
 
     def _reject(self, conn: PeerConnection, code: int, reason: str, detail: str) -> None:
         """Refuse a peer's input: one log line, one count, close with `code`."""

@@ -92,7 +92,7 @@ def test_git_merge_driver_of_two_large_states(tmp_path: Path) -> None:
     floor = statistics.median(raw)
     report(f"git merge driver, 2 x {TASKS:,} tasks ({EDITED:,} edited on both), process", statistics.median(driver),
            floor, "s", goal="reported", higher_is_better=False, baseline_name="raw pycrdt")
-    report(f"git merge_states in-process, same states", statistics.median(inproc), floor, "s", goal="reported",
+    report("git merge_states in-process, same states", statistics.median(inproc), floor, "s", goal="reported",
            higher_is_better=False, baseline_name="raw pycrdt")
     note(f"git merge bytes: ours {len(a):,}, theirs {len(b):,}, merged {len(merged):,} "
          f"(raw pycrdt's merge {len(doc.get_update()):,})")

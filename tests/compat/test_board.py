@@ -10,7 +10,6 @@ import pytest
 
 from compat import Decision, Edge, Sprint, Task, TransactionManager
 from compat.board import BOARD_STATUS_KEY
-from compat.migrate import migrate
 from compat.versioned_store import LAYOUT_COLLECTION, entities_for
 from replica import Replica
 
