@@ -14,7 +14,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from transport import closecodes
 from transport.limits import Backoff, ReconnectPolicy
-from transport.peer import PeerConnection
+from replica.statevector import missing_from
+from transport.peer import PeerConnection, iso_time
 
 log = logging.getLogger("transport.mesh")
 
@@ -45,6 +46,23 @@ class DialTarget:
     known_state: dict[int, int] | None = None
     is_self: bool = False
     backoff: Backoff | None = field(default=None, repr=False)
+
+    def describe(self, ours: Mapping[int, int]) -> dict[str, Any]:
+        """The status view of this target while it has no connection (a connection describes itself)."""
+        return {
+            "name": self.url,
+            "url": self.url,
+            "direction": "dial",
+            "replica_id": self.replica_id,
+            "connected": False,
+            "last_seen": iso_time(self.last_seen),
+            "behind": missing_from(ours, self.known_state) if self.known_state is not None else None,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "last_close_code": self.last_close_code,
+            "next_attempt": iso_time(self.next_attempt),
+            "self": self.is_self,
+        }
 
 
 def dial_target(url: str, room: str) -> DialTarget:

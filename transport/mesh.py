@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.frames import CloseCode
 
 from replica.replica import Replica
-from replica.statevector import decode_state_vector, missing_from
+from replica.statevector import decode_state_vector
 from transport import closecodes
 from transport.auth import TokenAuth, check_listen_safety, token_from_request
 from transport.claim_protocol import CLAIM_HEADER
@@ -136,11 +136,6 @@ def _format_address(address: Any) -> str:
         host = address[0]
         return f"[{host}]:{address[1]}" if ":" in str(host) else f"{host}:{address[1]}"
     return str(address)
-
-
-def _iso(timestamp: float | None) -> str | None:
-    """A UNIX time as ISO 8601 UTC, or None."""
-    return None if timestamp is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 class Mesh:
@@ -796,23 +791,7 @@ class Mesh:
             peers.append(view)
             for key, value in conn.counters.items():
                 totals[key] += value
-        for target in self._targets:
-            if target.connection is not None:
-                continue
-            peers.append({
-                "name": target.url,
-                "url": target.url,
-                "direction": "dial",
-                "replica_id": target.replica_id,
-                "connected": False,
-                "last_seen": _iso(target.last_seen),
-                "behind": missing_from(ours, target.known_state) if target.known_state is not None else None,
-                "attempts": target.attempts,
-                "last_error": target.last_error,
-                "last_close_code": target.last_close_code,
-                "next_attempt": _iso(target.next_attempt),
-                "self": target.is_self,
-            })
+        peers += [target.describe(ours) for target in self._targets if target.connection is None]
         return {
             "replica_id": self.replica_id,
             "room": self.room,

@@ -502,8 +502,8 @@ class PeerConnection:
             "state": self.session.state.value,
             "synced": self.synced_at is not None,
             "read_only": self.session.peer_read_only,
-            "connected_at": _iso(self.connected_at),
-            "last_seen": _iso(self.last_seen),
+            "connected_at": iso_time(self.connected_at),
+            "last_seen": iso_time(self.last_seen),
             "behind": self.behind(ours),
             "queue": {
                 "items": len(self.queue),
@@ -517,7 +517,7 @@ class PeerConnection:
         }
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso_time(timestamp: float | None) -> str | None:
     """A UNIX time as ISO 8601 UTC, or None."""
     if timestamp is None:
         return None
