@@ -3,6 +3,10 @@
 Edges live under a deterministic key (source|type|target). A removed node leaves a
 tombstone, so an edge to it that a peer added concurrently is deleted wherever it lands,
 while an edge whose node simply has not arrived yet is kept and reported as dangling.
+
+Every node and edge write also leaves a write record (`nodes_writes`, `edges_writes`, see
+replica/history.py), so concurrent writes of one field from two replicas are a recorded
+conflict on every replica, settled like a task's (ours, theirs, merge).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .changes import ChangeEvent
 from .errors import AlreadyExistsError, FieldError, InvalidRecordError, NotFoundError
+from .history import FieldConflict, WriteHistory, WriteRecord, join
 from .models import (
     Edge,
     InvalidRecord,
@@ -31,11 +36,33 @@ from .models import (
     validate_field,
 )
 from .schema import EDGES, NODES, REMOVED_NODES, TASKS, observe_keys, plain, record_dict
+from .tasks import DELETED, KEPT_VALUE_BYTES, STRATEGIES, _is_digest, _kept
 
 if TYPE_CHECKING:
     from .access import DocAccess
 
 Direction = Literal["out", "in", "both"]
+Kind = Literal["node", "edge"]
+KINDS: tuple[Kind, ...] = ("node", "edge")
+_NODE_SCALARS = frozenset(("type", "content"))
+_EDGE_SCALARS = frozenset(("weight",))
+
+
+def _flat(kind: Kind, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A node's or edge's conflict-relevant fields flat: its scalars and `properties.<key>`."""
+    names = _NODE_SCALARS if kind == "node" else _EDGE_SCALARS
+    flat = {name: data.get(name) for name in names}
+    props = data.get("properties")
+    if isinstance(props, Mapping):
+        flat.update({f"properties.{k}": v for k, v in props.items()})
+    return flat
+
+
+def _recorded(scalars: Mapping[str, Any], props: Mapping[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields a write sets, as its write record keeps them (long values as digests)."""
+    fields = {**scalars, **{f"properties.{k}": v for k, v in props.items()}}
+    fields.update({f"properties.{k}": None for k in dropped})
+    return _kept(fields)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -83,6 +110,10 @@ class Graph:
         self._edges = access.doc.get(EDGES, type=Map)
         self._removed = access.doc.get(REMOVED_NODES, type=Map)
         self._tasks = access.doc.get(TASKS, type=Map)
+        self.node_history = WriteHistory(access, NODES, id_scope="node")
+        """Write records of every node write (conflicts are found there, see replica/history.py)."""
+        self.edge_history = WriteHistory(access, EDGES, id_scope="edge")
+        """Write records of every edge write, keyed by edge key (source|type|target)."""
         self._generation = 0
         self._index_generation = -1
         self._out: dict[str, set[str]] = {}
@@ -132,6 +163,7 @@ class Graph:
         with self._access.write():
             if id in self._nodes:
                 raise AlreadyExistsError("node", id)
+            self.node_history.record(id, _recorded({"type": node_type, "content": text}, props), {}, None)
             self._nodes[id] = Map(
                 {
                     "type": node_type,
@@ -166,6 +198,8 @@ class Graph:
                 raise NotFoundError("node", id)
             if not isinstance(entry, Map):
                 raise InvalidRecordError("node", id, ["record is not a map"])
+            scalars = {k: v for k, v in (("type", node_type), ("content", text)) if v is not None}
+            self.node_history.record(id, _recorded(scalars, props, drop), {}, None)
             if node_type is not None:
                 entry["type"] = node_type
             if text is not None:
@@ -233,9 +267,15 @@ class Graph:
         with self._access.write():
             if id not in self._nodes:
                 raise NotFoundError("node", id)
-            del self._nodes[id]
-            removed = self._drop_edges_of(id)
-            self._removed[id] = iso_now()
+            self.node_history.record(id, {}, None, None)
+            removed = self._delete_node(id)
+        return removed
+
+    def _delete_node(self, id: str) -> int:
+        """Delete a node, its edges (no write records: they go with it) and leave its tombstone."""
+        del self._nodes[id]
+        removed = self._drop_edges_of(id)
+        self._removed[id] = iso_now()
         return removed
 
     def _drop_edges_of(self, node_id: str) -> int:
@@ -323,6 +363,7 @@ class Graph:
                 if node_id not in self._nodes and node_id not in self._tasks:
                     raise FieldError("edge", field, f"node or task {node_id!r} does not exist")
             entry = self._edges.get(key)
+            self.edge_history.record(key, _recorded({"weight": w}, props), {}, None)
             if isinstance(entry, Map):
                 entry["weight"] = w
                 bag = entry.get("properties")
@@ -387,6 +428,7 @@ class Graph:
         with self._access.write():
             if key not in self._edges:
                 return False
+            self.edge_history.record(key, {}, None, None)
             del self._edges[key]
         return True
 
@@ -542,6 +584,178 @@ class Graph:
                 for key in doomed:
                     del self._edges[key]
             return len(doomed)
+
+    # -- conflicts -------------------------------------------------------------------------
+
+    def history_of(self, kind: Kind) -> WriteHistory:
+        """The write records of nodes or of edges."""
+        if kind not in KINDS:
+            raise FieldError("conflict", "kind", f"must be one of {', '.join(KINDS)}")
+        return self.node_history if kind == "node" else self.edge_history
+
+    def _root_of(self, kind: Kind) -> Map:
+        return self._nodes if kind == "node" else self._edges
+
+    def conflicts(self, kind: Kind, record_id: str | None = None, *,
+                  include_settled: bool = False) -> list[FieldConflict]:
+        """Concurrent writes of one node (or edge) field to different values, alike on every synced replica."""
+        return self.history_of(kind).conflicts(record_id, include_settled=include_settled)
+
+    def find_conflict(self, conflict_id: str) -> tuple[Kind, FieldConflict]:
+        """(kind, conflict) of a node or edge conflict by id (settled or not); NotFoundError otherwise."""
+        for kind in KINDS:
+            try:
+                return kind, self.history_of(kind).find_conflict(conflict_id)
+            except NotFoundError:
+                continue
+        raise NotFoundError("conflict", conflict_id)
+
+    def last_writers(self, kind: Kind, record_id: str, count: int = 5) -> list[WriteRecord]:
+        """The newest write records of a node or edge (who wrote which fields, when), newest last."""
+        return self.history_of(kind).history(record_id)[-count:]
+
+    def sides(self, kind: Kind, conflict: FieldConflict) -> tuple[WriteRecord, WriteRecord]:
+        """(ours, theirs): this replica's side when exactly one is, else the side the graph shows now."""
+        mine = self._access.replica_id
+        left, right = conflict.left, conflict.right
+        left_mine = left.writer.rsplit(".", 1)[0] == mine
+        right_mine = right.writer.rsplit(".", 1)[0] == mine
+        if left_mine != right_mine:
+            return (left, right) if left_mine else (right, left)
+        with self._access.read():
+            entry = self._root_of(kind).get(conflict.record_id)
+            current = _flat(kind, record_dict(entry)) if isinstance(entry, Map) else None
+        if current is None:
+            return (left, right) if left.deleted or not right.deleted else (right, left)
+        current = _kept(current)
+        score = sum((left.fields.get(f) == current.get(f)) - (right.fields.get(f) == current.get(f))
+                    for f in conflict.fields if f != DELETED)
+        return (left, right) if score >= 0 else (right, left)
+
+    def _checked_values(self, kind: Kind, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Values given to settle a conflict, validated as the field they name."""
+        scalars = _NODE_SCALARS if kind == "node" else _EDGE_SCALARS
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if name.startswith("properties.") and len(name) > len("properties."):
+                out[name] = check_properties(kind, {name.split(".", 1)[1]: value})[name.split(".", 1)[1]]
+            elif name in scalars:
+                model = Node if kind == "node" else Edge
+                out[name] = validate_field(model, kind, name, value)
+                if name == "weight" and not math.isfinite(out[name]):
+                    raise FieldError("edge", "weight", f"must be a finite number; got {value!r}")
+            else:
+                raise FieldError("conflict", "values", f"not {kind} fields: {name}")
+        return out
+
+    def resolve(self, conflict_id: str, strategy: str = "ours",
+                values: Mapping[str, Any] | None = None) -> Node | Edge | None:
+        """Settle a node or edge conflict with one write that dominates both sides and names it.
+
+        As for tasks: `strategy` is ours, theirs or merge (the values shown now); `values`
+        (field -> value, `properties.<key>` for properties) override field by field; settling
+        a settled conflict changes nothing; None when the node or edge ends deleted."""
+        if strategy not in STRATEGIES:
+            raise FieldError("conflict", "strategy", f"must be one of {', '.join(STRATEGIES)}")
+        kind, conflict = self.find_conflict(conflict_id)
+        extra = self._checked_values(kind, dict(values or {}))
+        history = self.history_of(kind)
+        root = self._root_of(kind)
+        record_id = conflict.record_id
+        with self._access.write():
+            if history.is_settled(conflict):
+                return self.find_record(kind, record_id)
+            ours, theirs = self.sides(kind, conflict)
+            entry = root.get(record_id)
+            current = _flat(kind, record_dict(entry)) if isinstance(entry, Map) else {}
+            if strategy == "merge":
+                chosen = {f: current.get(f) for f in conflict.fields if f != DELETED}
+                delete = not isinstance(entry, Map) and not extra
+            else:
+                side = ours if strategy == "ours" else theirs
+                chosen = {f: side.fields.get(f) for f in conflict.fields if f != DELETED and f in side.fields}
+                delete = side.deleted and not extra
+            chosen.update(extra)
+            lost = []
+            for name, value in list(chosen.items()):
+                if _is_digest(value):
+                    if _kept({name: current.get(name)})[name] == value:
+                        chosen[name] = current.get(name)
+                    else:
+                        lost.append(name)
+            if lost:
+                raise FieldError("conflict", "values", f"the chosen side's {', '.join(lost)} was longer than "
+                                 f"{KEPT_VALUE_BYTES} bytes and is no longer in the graph: give its value")
+            base = join([history.clock(record_id), conflict.left.clock, conflict.right.clock])
+            if delete:
+                history.record(record_id, {}, None, base, (conflict.id,))
+                if record_id in root:
+                    if kind == "node":
+                        self._delete_node(record_id)
+                    else:
+                        del root[record_id]
+                return None
+            if not isinstance(entry, Map):
+                entry = self._revive(kind, record_id)
+            self._apply_flat(entry, chosen)
+            if kind == "node":
+                entry["updated_at"] = iso_now()
+            history.record(record_id, _kept(chosen), {}, base, (conflict.id,))
+        return self.find_record(kind, record_id)
+
+    def find_record(self, kind: Kind, record_id: str) -> Node | Edge | None:
+        """The node or edge (edges by key), or None when absent."""
+        if kind == "node":
+            return self.find_node(record_id)
+        parts = split_edge_key(record_id)
+        if parts is None:
+            return None
+        try:
+            return self.get_edge(parts[0], parts[2], parts[1])
+        except NotFoundError:
+            return None
+
+    def _revive(self, kind: Kind, record_id: str) -> Map:
+        """Recreate a deleted node or edge from the newest value each field had in its write records.
+
+        A revived node clears its tombstone; a revived edge whose end was removed is swept again."""
+        known: dict[str, Any] = {}
+        for write in self.history_of(kind).history(record_id):
+            known.update(write.fields)
+        now = iso_now()
+        if kind == "node":
+            entry = self._nodes[record_id] = Map({
+                "type": known.get("type") or "node", "content": known.get("content") or "",
+                "properties": Map(), "created_at": now, "updated_at": now, "created_by": self._access.replica_id})
+            if record_id in self._removed:
+                del self._removed[record_id]
+        else:
+            parts = split_edge_key(record_id)
+            if parts is None:
+                raise InvalidRecordError("edge", record_id, ["key is not source|type|target"])
+            weight = known.get("weight")
+            entry = self._edges[record_id] = Map({
+                "source": parts[0], "target": parts[2], "type": parts[1],
+                "weight": weight if isinstance(weight, (int, float)) else 1.0, "properties": Map(),
+                "created_at": now, "created_by": self._access.replica_id})
+        self._apply_flat(entry, {k: v for k, v in known.items() if k.startswith("properties.")})
+        return entry
+
+    @staticmethod
+    def _apply_flat(entry: Map, values: Mapping[str, Any]) -> None:
+        for name, value in values.items():
+            if name.startswith("properties."):
+                bag = entry.get("properties")
+                if not isinstance(bag, Map):
+                    bag = entry["properties"] = Map()
+                key = name.split(".", 1)[1]
+                if value is None:
+                    if key in bag:
+                        del bag[key]
+                else:
+                    bag[key] = value
+            elif name in _NODE_SCALARS or name in _EDGE_SCALARS:
+                entry[name] = value
 
     def translate_nodes(self, events: list[Any], origin: str, peer: str | None) -> list[ChangeEvent]:
         """Typed change events for the nodes root."""

@@ -154,10 +154,12 @@ class WriteHistory:
     leave a key tombstone of about 27 bytes for ever)."""
 
     def __init__(self, access: DocAccess, name: str, *, ignore_fields: Iterable[str] = (),
-                 compact: bool = True, layout: str = "slots") -> None:
-        """`compact=False` keeps every write record (compat reads old versions from them)."""
+                 compact: bool = True, layout: str = "slots", id_scope: str = "") -> None:
+        """`compact=False` keeps every write record (compat reads old versions from them); `id_scope`
+        goes into conflict ids so that records of two collections with one id never share one."""
         self._access = access
         self.name = name
+        self._id_scope = id_scope
         self.ignore_fields = frozenset(ignore_fields)
         self._compact = compact
         self._slots = layout == "slots"
@@ -175,6 +177,15 @@ class WriteHistory:
         """This incarnation's writer name: replica id and Yjs client id (unique per start and process)."""
         return f"{self._access.replica_id}.{self._access.client_id}"
 
+    def _record_of(self, key: str) -> str:
+        """The record id of a `<name>_writes` key: before the last `|` in slots (record ids may
+        hold `|`, as edge keys do; writers never do), before the first in the flat layout."""
+        return key.rsplit("|", 1)[0] if self._slots else key.split("|", 1)[0]
+
+    def _writer_of(self, key: str) -> str:
+        """The writer named by a `<name>_writes` key."""
+        return key.rsplit("|", 1)[-1] if self._slots else (key.split("|") + [""])[1]
+
     def _on_writes(self, touched: set[str]) -> None:
         """Deep observer: note the touched keys (the Doc cannot be read from inside an observer).
 
@@ -183,20 +194,20 @@ class WriteHistory:
         mine = f"|{self.writer}"
         for key in touched:
             if not key.endswith(mine):
-                self._clocks.pop(key.split("|", 1)[0], None)
+                self._clocks.pop(self._record_of(key), None)
         self._dirty.update(touched)
 
     def _keys(self) -> dict[str, set[str]]:
         if self._index is None:
             index: dict[str, set[str]] = {}
             for key in self._writes.keys():
-                index.setdefault(key.split("|", 1)[0], set()).add(key)
+                index.setdefault(self._record_of(key), set()).add(key)
             self._index = index
             self._dirty.clear()
         elif self._dirty:
             dirty, self._dirty = self._dirty, set()
             for key in dirty:
-                found = self._index.setdefault(key.split("|", 1)[0], set())
+                found = self._index.setdefault(self._record_of(key), set())
                 if key in self._writes:
                     found.add(key)
                 else:
@@ -233,7 +244,7 @@ class WriteHistory:
         """Ids of the records written by more than one writer: the only ones that can hold a conflict."""
         with self._access.read():
             return {rid for rid, keys in self._keys().items()
-                    if len({key.split("|")[1] for key in keys if key.count("|") >= 1}) > 1}
+                    if len({self._writer_of(key) for key in keys if "|" in key}) > 1}
 
     def record_ids(self) -> list[str]:
         """Ids of the records that have write records."""
@@ -393,7 +404,8 @@ class WriteHistory:
         if not fields:
             return None
         left, right = sorted((a, b), key=lambda w: w.key)
-        return FieldConflict(conflict_id(record_id, left.key, right.key), record_id, fields, left, right)
+        scoped = f"{self._id_scope}:{record_id}" if self._id_scope else record_id
+        return FieldConflict(conflict_id(scoped, left.key, right.key), record_id, fields, left, right)
 
     @staticmethod
     def _settled(conflict: FieldConflict, history: list[WriteRecord]) -> bool:

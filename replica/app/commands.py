@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from replica.errors import FieldError, NotFoundError, ReplicaError
 
 if TYPE_CHECKING:
+    from replica.graph import Kind
     from replica.replica import Replica
 
 MIN_PREFIX = 8
@@ -103,14 +104,17 @@ def _task_add(r: Replica, p: dict[str, Any]) -> Any:
 
 @command("task.list")
 def _task_list(r: Replica, p: dict[str, Any]) -> Any:
-    tasks = r.tasks.list(**p)
-    # Listing validates every record; when nothing is filtered out and nothing is missing,
-    # no record can be invalid, so the second full scan that `invalid()` does is skipped.
-    complete = not p and len(tasks) == len(r.tasks)
-    invalid = [] if complete else [_json(i) for i in r.tasks.invalid()]
-    contested = r.tasks.history.contested()
-    open_counts = {tid: len(r.tasks.conflicts(tid)) for tid in contested}
-    return {"tasks": [{**_json(t), "open_conflicts": open_counts.get(t.id, 0)} for t in tasks], "invalid": invalid}
+    from .listing import listing_text
+
+    return json.loads(listing_text(r, p))
+
+
+@command("task.list.json")
+def _task_list_json(r: Replica, p: dict[str, Any]) -> Any:
+    """`task.list` as its JSON text (keys sorted, one line): the CLI prints it without decoding it."""
+    from .listing import listing_text
+
+    return listing_text(r, p)
 
 
 def task_conflict_view(r: Replica, conflict: Any, *, settled: bool) -> dict[str, Any]:
@@ -151,6 +155,49 @@ def _task_conflict_resolve(r: Replica, p: dict[str, Any]) -> Any:
     task = r.tasks.resolve(conflict.id, strategy, p.get("values") or None)
     return {"conflict_id": conflict.id, "entity_id": conflict.record_id, "strategy": strategy,
             "already_settled": already, "entity": None if task is None else _json(task)}
+
+
+def graph_conflict_view(r: Replica, kind: Kind, conflict: Any, *, settled: bool) -> dict[str, Any]:
+    """A node or edge conflict in the shape `agentstate conflicts` prints (ours = this replica's side)."""
+    ours, theirs = r.graph.sides(kind, conflict)
+    names = [f for f in conflict.fields if f != "__deleted__"]
+
+    def side(write: Any) -> dict[str, Any]:
+        return {"writer": write.writer, "at": write.at, "version": None, "deleted": write.deleted,
+                "values": {n: write.fields[n] for n in names if n in write.fields}}
+
+    return {"conflict_id": conflict.id, "entity_id": conflict.record_id, "entity_type": kind,
+            "conflict_fields": list(conflict.fields), "settled": settled, "ours": side(ours), "theirs": side(theirs)}
+
+
+@command("graph.conflicts")
+def _graph_conflicts(r: Replica, p: dict[str, Any]) -> Any:
+    include = bool(p.get("all", False))
+    found = []
+    kinds: tuple[Kind, ...] = ("node", "edge")
+    for kind in kinds:
+        open_ids = {c.id for c in r.graph.conflicts(kind, p.get("id"))}
+        found += [graph_conflict_view(r, kind, c, settled=c.id not in open_ids)
+                  for c in r.graph.conflicts(kind, p.get("id"), include_settled=include)]
+    return {"conflicts": found}
+
+
+@command("graph.conflict.show")
+def _graph_conflict_show(r: Replica, p: dict[str, Any]) -> Any:
+    kind, conflict = r.graph.find_conflict(p["id"])
+    view = graph_conflict_view(r, kind, conflict, settled=r.graph.history_of(kind).is_settled(conflict))
+    current = r.graph.find_record(kind, conflict.record_id)
+    return {**view, "current": None if current is None else _json(current)}
+
+
+@command("graph.conflict.resolve")
+def _graph_conflict_resolve(r: Replica, p: dict[str, Any]) -> Any:
+    kind, conflict = r.graph.find_conflict(p["id"])
+    already = r.graph.history_of(kind).is_settled(conflict)
+    strategy = p.get("strategy", "ours")
+    found = r.graph.resolve(conflict.id, strategy, p.get("values") or None)
+    return {"conflict_id": conflict.id, "entity_id": conflict.record_id, "strategy": strategy,
+            "already_settled": already, "entity": None if found is None else _json(found)}
 
 
 @command("task.show")

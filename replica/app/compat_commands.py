@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from replica.errors import NotFoundError
+
 from .cli import Arg, Invocation, Registry, UsageError, emit, json_arg, parse_props, print_table
 from .commands import command, execute
 from .exitcodes import ExitCode, register_exit_code
@@ -39,6 +41,15 @@ for _name, _code in EXIT_CODES.items():
 # ------------------------------------------------------------------ operations
 
 
+def _native_owner(replica: Replica, conflict_id: str) -> str:
+    """`task` when a task conflict has this id, else `graph` (whose commands say when none has it)."""
+    try:
+        replica.tasks.find_conflict(conflict_id)
+    except NotFoundError:
+        return "graph"
+    return "task"
+
+
 @command("compat.conflicts.list")
 def conflicts_list(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any]:
     """Recorded conflicts (``entity_id`` to filter, ``all`` to include settled ones)."""
@@ -47,7 +58,9 @@ def conflicts_list(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any]:
     found = ConflictResolver().recorded_conflicts(
         replica, params.get("entity_id"), include_settled=bool(params.get("all", False))
     )
-    native = execute(replica, "task.conflicts", {"id": None, "all": bool(params.get("all", False))})["conflicts"]
+    include = bool(params.get("all", False))
+    native = execute(replica, "task.conflicts", {"id": None, "all": include})["conflicts"]
+    native += execute(replica, "graph.conflicts", {"id": None, "all": include})["conflicts"]
     if params.get("entity_id"):
         native = [c for c in native if c["entity_id"] == params["entity_id"]]
     merged = [c.to_dict() for c in found] + native
@@ -62,7 +75,7 @@ def conflicts_show(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any]:
 
     entities = entities_for(replica)
     if params["id"] not in {c.id for c in entities.conflicts(include_settled=True)}:
-        return execute(replica, "task.conflict.show", {"id": params["id"]})
+        return execute(replica, f"{_native_owner(replica, params['id'])}.conflict.show", {"id": params["id"]})
     found = entities.find_conflict(params["id"])
     view = recorded_conflict(entities, found, settled=entities.is_settled(found))
     current = entities.raw(found.record_id)
@@ -77,7 +90,7 @@ def conflicts_resolve(replica: Replica, params: Dict[str, Any]) -> Dict[str, Any
 
     entities = entities_for(replica)
     if params["id"] not in {c.id for c in entities.conflicts(include_settled=True)}:
-        return execute(replica, "task.conflict.resolve", params)
+        return execute(replica, f"{_native_owner(replica, params['id'])}.conflict.resolve", params)
     found = entities.find_conflict(params["id"])
     already = entities.is_settled(found)
     strategy = params.get("strategy", "ours")
