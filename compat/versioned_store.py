@@ -51,8 +51,8 @@ from replica.models import check_id, check_json, from_doc_number
 from replica.records import Clock, FieldConflict, Records, WriteRecord, join
 from replica.schema import observe_touched
 
-ENTITIES_COLLECTION = "got_entities"
-"""Replica collection holding the entities."""
+from .layout import BOARD_LAYOUT, ENTITIES_COLLECTION, LAYOUT_COLLECTION, LAYOUT_RECORD, layout_current
+
 
 VERSION_COUNTER = "got.version"
 """Replica counter holding the global version (commits on every replica)."""
@@ -62,14 +62,6 @@ META_KEY = "_got"
 
 IGNORED_FIELDS: Tuple[str, ...] = ("version", "created_at", "modified_at", META_KEY)
 """Fields whose concurrent changes never count as a conflict."""
-
-LAYOUT_COLLECTION = "got_layout"
-"""Replica collection saying which layout a directory's entities are in."""
-
-LAYOUT_RECORD = "board"
-BOARD_LAYOUT = 2
-"""Layout 2: entities on the board (tasks, graph nodes, graph edges) with their snapshots beside them.
-Layout 1 (no record) kept them in ``got_entities`` only."""
 
 HISTORY_DIR_NAME = "_history"
 
@@ -328,12 +320,12 @@ class ReplicaEntities:
         left alone; one that fails verification or cannot go on the board stays in its
         snapshot only and is returned as a problem (``agentstate verify`` lists it too)."""
         layout = self.replica.collection(LAYOUT_COLLECTION)
-        if _layout_current(layout.get(LAYOUT_RECORD)) or not self.records.ids():
-            self._layout_marked = _layout_current(layout.get(LAYOUT_RECORD))
+        if layout_current(layout.get(LAYOUT_RECORD)) or not self.records.ids():
+            self._layout_marked = layout_current(layout.get(LAYOUT_RECORD))
             return []
         problems: List[str] = []
         with self.replica.transaction(wait=False):
-            if _layout_current(layout.get(LAYOUT_RECORD)):
+            if layout_current(layout.get(LAYOUT_RECORD)):
                 self._layout_marked = True
                 return []
             for entity_id, raw in sorted(self.records.all().items()):
@@ -359,7 +351,7 @@ class ReplicaEntities:
         if self._layout_marked:
             return
         layout = self.replica.collection(LAYOUT_COLLECTION)
-        if not _layout_current(layout.get(LAYOUT_RECORD)):
+        if not layout_current(layout.get(LAYOUT_RECORD)):
             layout.put(LAYOUT_RECORD, {"layout": BOARD_LAYOUT, "at": utc_now_iso(), "problems": list(problems)})
         self._layout_marked = True
 
@@ -939,11 +931,6 @@ class ReplicaEntities:
 def _on_board(raw: Optional[Mapping[str, Any]]) -> bool:
     """True when a snapshot was written with its board object (else it stands alone: an older peer's)."""
     return raw is not None and _meta(raw).get("board") == BOARD_LAYOUT
-
-
-def _layout_current(record: Optional[Mapping[str, Any]]) -> bool:
-    """True when a layout record says the entities are on the board."""
-    return isinstance(record, Mapping) and record.get("layout") == BOARD_LAYOUT
 
 
 def _same_json(a: Any, b: Any) -> bool:

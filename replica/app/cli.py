@@ -349,12 +349,14 @@ class Session:
 
     def run_here(self, name: str, params: dict[str, Any], key: str | None = None) -> Any:
         """Run a command on a replica this process opens (created on first use, as `Replica.open` does)."""
+        from compat.layout import upgrade_on_open
         from replica.replica import Replica
 
         from . import commands
 
         replica = Replica.open(self.path)
         try:
+            upgrade_on_open(replica)
             return commands.execute(replica, name, params, key=key)
         finally:
             replica.close()

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from compat.layout import upgrade_on_open
 from replica.durability import Durability
 from replica.errors import ReplicaError
 from replica.replica import Replica
@@ -256,6 +257,8 @@ class Daemon:
         try:
             for line in self.replica.open_report.warnings:
                 log.warning("recovery: %s", line)
+            for line in upgrade_on_open(self.replica):
+                log.warning("compat upgrade left in its snapshot: %s", line)
             assert self.replica.datadir is not None
             home = self.replica.datadir.path
             self.control = ControlServer(home / SOCKET_FILE, new_token(), self.dispatch, error_reply)

@@ -631,6 +631,8 @@ async def serve(path: Path, *, agent: str | None = None, durability: str = "bala
                 sync_options: dict[str, Any] | None = None,
                 ready: Callable[[str], None] | None = None) -> None:
     """Open the directory, start syncing if asked, and serve MCP on stdio (or streamable HTTP) until the end."""
+    from compat.layout import upgrade_on_open
+
     from ..replica import Replica
     from ..services import start_services, stop_services
 
@@ -641,6 +643,7 @@ async def serve(path: Path, *, agent: str | None = None, durability: str = "bala
     replica = Replica.open(path, durability=durability)
     services: list[Any] = []
     try:
+        upgrade_on_open(replica)
         if sync_options:
             services = await start_services(replica, sync_options)
         ctx = Context(replica, agent or default_agent(), services)
