@@ -576,12 +576,22 @@ def task_add(inv: Invocation) -> None:
              Arg("--status", default=None, help=f"only tasks with this status: {', '.join(TASK_STATUSES)}"),
              Arg("--owner", default=None, help="only tasks of this owner"),
              Arg("--tag", default=None, help="only tasks with this tag"),
+             Arg("--limit", type=int_range(1, 1_000_000_000), default=None, help="only the oldest N that match"),
              json_arg("the tasks (and any invalid records)"),
              description="Prints one task per line with every field in full (ids are never cut).")
 def task_list(inv: Invocation) -> None:
-    """List tasks as aligned lines or JSON."""
+    """List tasks as aligned lines or JSON; piped JSON is the text the replica built, printed undecoded."""
     a = inv.args
-    result = inv.run("task.list", _given(status=a.status, owner=a.owner, tag=a.tag))
+    params = _given(status=a.status, owner=a.owner, tag=a.tag, limit=a.limit)
+    if a.as_json and not sys.stdout.isatty():
+        try:
+            print(inv.run("task.list.json", params))
+            return
+        except RemoteError as error:
+            if error.error_type != "UnknownCommandError":
+                raise
+            inv.session.note("the daemon predates task.list.json; listing with task.list")
+    result = inv.run("task.list", params)
 
     def render(d: dict[str, Any]) -> None:
         print_table(("id", "status", "priority", "owner", "title", "tags", "conflicts"),
