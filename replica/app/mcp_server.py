@@ -137,6 +137,14 @@ def _reply(result: Result) -> Any:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=result)
 
 
+def _reply_text(text: str) -> Any:
+    """A successful tool result from a result's JSON text (a listing the replica encoded): the text as is,
+    and its decoding as the structured copy (cheaper than encoding the decoded result again)."""
+    from mcp.types import CallToolResult, TextContent
+
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=json.loads(text))
+
+
 def _tool_error(message: str, structured: Result | None = None) -> Any:
     """A tool result flagged isError that still carries the structured answer (a lost claim, a stale file)."""
     from mcp.types import CallToolResult, TextContent
@@ -243,12 +251,10 @@ def _task_tools(server: MCPServer, ctx: Context) -> None:
         tag: str | None = None,
         limit: Annotated[int | None, Field(description="at most this many (oldest first)", ge=1)] = None,
     ) -> Result:
-        """Tasks matching every filter given, oldest first."""
+        """Tasks matching every filter given, oldest first (`limit`: only the oldest N of them)."""
         with _tool_errors():
-            found = _execute(ctx, "task.list", _given(status=status, owner=owner, tag=tag))
-            if limit is not None:
-                found["tasks"] = found["tasks"][:limit]
-            return _reply(found)
+            return _reply_text(_execute(ctx, "task.list.json", _given(status=status, owner=owner, tag=tag,
+                                                                       limit=limit)))
 
     @server.tool()
     def task_update(
@@ -537,7 +543,7 @@ def _resources(server: MCPServer, ctx: Context) -> None:
     @server.resource("agentstate://board", name="board", mime_type="application/json",
                      description="Every task on the shared board (JSON)")
     def board() -> str:
-        return json.dumps(_execute(ctx, "task.list", {}), default=str)
+        return str(_execute(ctx, "task.list.json", {}))
 
     @server.resource("agentstate://graph", name="graph", mime_type="application/json",
                      description="Every node and edge of the graph of thought (JSON)")

@@ -54,7 +54,13 @@ async def test_every_tool_and_resource(tmp_path: Path) -> None:
             assert first["priority"] == "high" and second["depends_on"] == [first["id"]]
             assert (await call(s, "task_get", {"id": first["id"][:-4]}))["title"] == "Write the migration"
             assert [t["id"] for t in (await call(s, "task_list", {"tag": "db"}))["tasks"]] == [first["id"]]
-            assert len((await call(s, "task_list", {"status": "pending", "limit": 1}))["tasks"]) == 1
+            oldest = await s.call_tool("task_list", {"status": "pending", "limit": 1})
+            assert [t["id"] for t in oldest.structured_content["tasks"]] == ["T-shared"]
+            assert json.loads(text(oldest)) == oldest.structured_content, "the text block is the same answer"
+            everything = await call(s, "task_list", {})
+            assert [(t["id"], t["open_conflicts"]) for t in everything["tasks"]] == [
+                ("T-shared", 1), (first["id"], 0), ("T-ship", 0)]
+            assert "limit" in (await fails(s, "task_list", {"limit": 0}))
             updated = await call(s, "task_update", {"id": "T-ship", "description": "after the migration",
                                                     "add_tags": ["release"]})
             assert updated["description"] == "after the migration" and updated["tags"] == ["release"]
