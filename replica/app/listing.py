@@ -26,15 +26,25 @@ _Encoded = tuple["Task", str, str]
 """A task, and its JSON text before and after the `open_conflicts` member (keys sorted)."""
 _TEXTS: WeakKeyDictionary[Any, dict[str, _Encoded]] = WeakKeyDictionary()
 """Per task board (dropped with its replica): the last listing's encoded tasks by id."""
+_ENCODE = json.JSONEncoder(sort_keys=True).encode
+"""What `json.dumps(value, sort_keys=True)` does, without building an encoder per call (1,000 per listing)."""
+_PLACEHOLDER = f', "{COUNT_KEY}": 0'
 _LOCK = threading.Lock()
 """The daemon lists on worker threads; this guards `_TEXTS` itself (the encoding runs outside it)."""
 
 
 def _encode(task: Task) -> _Encoded:
-    """`task`'s sorted-keys JSON text split where `open_conflicts` goes, so the count is spliced in per listing."""
+    """`task`'s sorted-keys JSON text split where `open_conflicts` goes, so the count is spliced in per listing.
+
+    One encoding with a placeholder count, split at the one `, "open_conflicts": 0` (never inside a
+    string: quotes there are escaped); if a value holds that member too, the two halves are encoded apart."""
     dumped = task.model_dump(mode="json")
-    before = json.dumps({k: v for k, v in dumped.items() if k < COUNT_KEY}, sort_keys=True)[1:-1]
-    after = json.dumps({k: v for k, v in dumped.items() if k > COUNT_KEY}, sort_keys=True)[1:-1]
+    text = _ENCODE({**dumped, COUNT_KEY: 0})
+    if text.count(_PLACEHOLDER) == 1:
+        head, _, tail = text.partition(_PLACEHOLDER)
+        return task, head + _PLACEHOLDER[:-1], tail
+    before = _ENCODE({k: v for k, v in dumped.items() if k < COUNT_KEY})[1:-1]
+    after = _ENCODE({k: v for k, v in dumped.items() if k > COUNT_KEY})[1:-1]
     return task, "{" + (before + ", " if before else "") + f'"{COUNT_KEY}": ', (", " + after if after else "") + "}"
 
 

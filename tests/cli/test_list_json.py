@@ -81,7 +81,7 @@ def test_a_listing_follows_writes_by_other_processes(agentstate: Agentstate,
 
 def test_open_conflict_counts_are_spliced_into_the_cached_text(tmp_path: Path) -> None:
     with Replica.open(tmp_path / "a") as a, Replica.open(tmp_path / "b") as b:
-        a.tasks.create("shared", id="T-shared-0001", properties={"open_conflicts": "a property, not the count"})
+        a.tasks.create("shared", id="T-shared-0001", properties={"open_conflicts": 0, "z": [{"open_conflicts": 0}]})
         a.tasks.create("alone", id="T-alone-00001")
         b.apply_update(a.diff(None))
         before = listing_text(a, {})
@@ -93,6 +93,6 @@ def test_open_conflict_counts_are_spliced_into_the_cached_text(tmp_path: Path) -
         tasks = json.loads(after)["tasks"]
         assert after + "\n" == canonical(after)
         assert [(t["id"], t["open_conflicts"]) for t in tasks] == [("T-shared-0001", 1), ("T-alone-00001", 0)]
-        assert tasks[0]["properties"] == {"open_conflicts": "a property, not the count"}
+        assert tasks[0]["properties"] == {"open_conflicts": 0, "z": [{"open_conflicts": 0}]}, "a property, not the count"
         assert json.loads(listing_text(a, {"limit": 1}))["tasks"] == tasks[:1]
         assert json.loads(listing_text(a, {"owner": "nobody"}))["tasks"] == []
