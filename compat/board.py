@@ -22,7 +22,7 @@ import json
 import threading
 from dataclasses import dataclass, fields as dataclass_fields
 from datetime import datetime
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pycrdt import Map
 
@@ -205,9 +205,12 @@ class Board:
 
     def stamp(self, place: Optional[Place]) -> str:
         """A fingerprint of the board object (any change to its fields changes it)."""
-        if place is None:
-            return ""
-        return json.dumps(self.current(place), sort_keys=True, default=str)
+        return "" if place is None else self.stamp_of(self.current(place))
+
+    @staticmethod
+    def stamp_of(board: Optional[Mapping[str, Any]]) -> str:
+        """The fingerprint of board fields :meth:`current` returned ("" for none)."""
+        return "" if board is None else json.dumps(board, sort_keys=True, default=str)
 
     def native_place(self, entity_id: str) -> Optional[Place]:
         """The place of a board object compat has no snapshot of (made natively), or None."""
@@ -235,14 +238,24 @@ class Board:
                 self._edge_ids = found
             return found
 
-    def compose(self, entity_id: str, snapshot: Optional[Mapping[str, Any]], place: Place) -> Optional[Dict[str, Any]]:
-        """The entity's data as every caller sees it now (see the module docstring), or None when off the board."""
-        board = self.current(place)
+    def compose(self, entity_id: str, snapshot: Optional[Mapping[str, Any]], place: Place,
+                board: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        """The entity's data as every caller sees it now (see the module docstring), or None when off the board.
+
+        ``board``: the place's fields as :meth:`current` just returned them (else they are read here)."""
+        return self.compose_checked(entity_id, snapshot, place, board)[0]
+
+    def compose_checked(self, entity_id: str, snapshot: Optional[Mapping[str, Any]], place: Place,
+                        board: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[Dict[str, Any]], bool]:
+        """:meth:`compose`, and whether its data differs from ``snapshot`` (told without comparing them whole)."""
         if board is None:
-            return None
+            board = self.current(place)
+        if board is None:
+            return None, snapshot is not None
         if snapshot is None:
-            return self._native(entity_id, place, board)
+            return self._native(entity_id, place, board), True
         data = {k: v for k, v in snapshot.items()}
+        differs = False
         projected = projection(snapshot)
         changed = [name for name in board if not _same(board[name], projected.get(name))]
         if place.kind == "task":
@@ -255,6 +268,8 @@ class Board:
             if board["status"] == "cancelled":
                 data["status"] = "cancelled"
             data = _task_status(data)
+            differs = (data["status"] != snapshot.get("status")
+                       or data["metadata"] != (snapshot.get("metadata") or {}))
         elif place.kind == "edge":
             if "weight" in changed:
                 data["weight"] = _unit(board["weight"])
@@ -270,7 +285,7 @@ class Board:
         if changed:
             version = snapshot.get("version", 1)
             data["version"] = (version if isinstance(version, int) else 1) + 1
-        return data
+        return data, bool(changed) or differs
 
     def _native(self, entity_id: str, place: Place, board: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
         """Compat data for a board object compat never wrote: version 1, its fields mapped."""
@@ -328,8 +343,7 @@ class Board:
         if place.kind == "task":
             return self.replica.tasks.remove_quietly(place.key)
         if place.kind == "edge":
-            source, edge_type, target = place.key.split("|")
-            return self.replica.graph.remove_edge(source, target, edge_type)
+            return self.replica.graph.remove_edge_only(place.key)
         return self.replica.graph.remove_node_only(place.key)
 
 

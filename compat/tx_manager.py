@@ -32,7 +32,7 @@ from compat.managed_wal import ManagedWAL
 from compat.recovery import RecoveryManager, RecoveryResult
 from compat.transaction import Transaction, TransactionState, generate_transaction_id
 from compat.types import Entity, utc_now_iso
-from compat.versioned_store import VersionedStore
+from compat.versioned_store import BoardSeen, VersionedStore
 from replica import Replica
 from replica.records import Clock
 
@@ -139,7 +139,7 @@ class TransactionManager:
             self.store.close()
             raise
         self.lock: ProcessLock = ProcessLock(self.got_dir / LOCK_FILE_NAME, reentrant=True)
-        self._bases: Dict[str, Dict[str, Tuple[Clock, Optional[int], str]]] = {}
+        self._bases: Dict[str, Dict[str, Tuple[Clock, Optional[int], BoardSeen]]] = {}
         self._bases_lock = threading.Lock()
         self.recover()
 
@@ -169,8 +169,7 @@ class TransactionManager:
         own = tx.write_set.get(entity_id)
         if own is not None:
             return own
-        stamp = self.store.entities.board_stamp(entity_id)
-        entity, clock, token = self.store.entities.read_for_update(entity_id, tx.snapshot_version)
+        entity, clock, token, stamp = self.store.entities.read_for_update(entity_id, tx.snapshot_version)
         if entity is not None:
             tx.add_read(entity_id, entity.version)
             with self._bases_lock:
@@ -234,7 +233,7 @@ class TransactionManager:
         return CommitResult(success=True, version=result.version)
 
     def _detect_conflicts(
-        self, tx: Transaction, tokens: Dict[str, Optional[int]], stamps: Dict[str, str]
+        self, tx: Transaction, tokens: Dict[str, Optional[int]], stamps: Dict[str, BoardSeen]
     ) -> List[Conflict]:
         """Version conflicts: ids both read and written whose version moved, or whose board object any
         caller changed, since the read.
@@ -247,7 +246,7 @@ class TransactionManager:
             if entity_id not in tx.write_set:
                 continue
             stamp = stamps.get(entity_id)
-            moved = stamp is not None and entities.board_stamp(entity_id) != stamp
+            moved = stamp is not None and entities.board_moved(entity_id, stamp)
             token = tokens.get(entity_id)
             if not moved and token is not None and entities.untouched_since(entity_id, token):
                 continue

@@ -49,10 +49,13 @@ from pycrdt import Map
 from replica import Durability, Replica
 from replica.models import check_id, check_json, from_doc_number
 from replica.records import Clock, FieldConflict, Records, WriteRecord, join
-from replica.schema import observe_touched
+from replica.schema import EDGES, NODES, TASKS, observe_touched
 
 from .layout import BOARD_LAYOUT, ENTITIES_COLLECTION, LAYOUT_COLLECTION, LAYOUT_RECORD, layout_current
 
+
+BoardSeen = Tuple[str, int]
+"""A board object's stamp and the board's change count when it was read (see ``ReplicaEntities.board_moved``)."""
 
 VERSION_COUNTER = "got.version"
 """Replica counter holding the global version (commits on every replica)."""
@@ -307,6 +310,11 @@ class ReplicaEntities:
         self._dirty: Set[str] = set()
         self._touches: Dict[str, int] = {}
         self.board = Board(replica)
+        self._board_changes = 0
+        """Transactions that changed the board (tasks, nodes, edges; local or a peer's): equal counts mean
+        no board object moved. Deep observers, since a Doc observer cannot be added inside a transaction."""
+        for root in (TASKS, NODES, EDGES):
+            replica.keep_subscription(replica.doc.get(root, type=Map).integrated.observe_deep(self._count_change))
         self._layout_marked = False
         self.upgrade_problems: List[str] = self.upgrade()
         self._opened_fingerprint = self.fingerprint()
@@ -366,6 +374,10 @@ class ReplicaEntities:
         """Identifies the replica's whole state: its state vector and its delete set (cheap to compute)."""
         vector = self.replica.state_vector()
         return hashlib.sha256(vector + self.replica.diff(vector)).hexdigest()
+
+    def _count_change(self, events: Any) -> None:
+        """Deep observer of a board root: count the transactions that changed it (events left unread)."""
+        self._board_changes += 1
 
     def _on_update(self, update: bytes, origin: Optional[str]) -> None:
         self._updates += 1
@@ -448,35 +460,51 @@ class ReplicaEntities:
 
     def _locate(self, entity_id: str) -> Tuple[Optional[Dict[str, Any]], Optional[Place]]:
         """(snapshot, board place) of an entity; the place is None when it is not on the board."""
+        raw, place, _ = self._locate_board(entity_id)
+        return raw, place
+
+    def _locate_board(
+        self, entity_id: str
+    ) -> Tuple[Optional[Dict[str, Any]], Optional[Place], Optional[Dict[str, Any]]]:
+        """(snapshot, board place, board fields) of an entity, the board read once; place and fields are None
+        when it is not on the board (callers hand the fields on rather than reading the board again)."""
         raw = self.records.get(entity_id)
         if raw is not None and raw.get("entity_type") and "__invalid__" not in raw:
             place = self._snapshot_place(raw)
-            if place is not None and self.board.current(place) is not None:
-                return raw, place
-            return raw, None
-        return raw, self.board.native_place(entity_id)
+            board = self.board.current(place) if place is not None else None
+            return (raw, place, board) if board is not None else (raw, None, None)
+        place = self.board.native_place(entity_id)
+        board = self.board.current(place) if place is not None else None
+        return (raw, place, board) if board is not None else (raw, None, None)
 
     def read(self, entity_id: str) -> Optional[Entity]:
         """The entity as every caller sees it (snapshot verified, board fields over it); None when absent.
 
         A snapshot written without a board object (by an older peer, or junk) is read alone, as before."""
-        raw, place = self._locate(entity_id)
-        if raw is not None and (not raw.get("entity_type") or "__invalid__" in raw or not _on_board(raw)):
-            return self.build(entity_id, raw, merged=True)
-        if place is None:
-            return None
-        return self._composed(entity_id, raw, place)
+        return self._read_stamped(entity_id)[0]
 
-    def _composed(self, entity_id: str, raw: Optional[Mapping[str, Any]], place: Place) -> Optional[Entity]:
-        """Verify the snapshot (if any) and rebuild the entity from it with the board's fields over it."""
+    def _read_stamped(self, entity_id: str) -> Tuple[Optional[Entity], str]:
+        """The entity as :meth:`read` gives it and :meth:`board_stamp` of what it was composed from, one board read."""
+        raw, place, board = self._locate_board(entity_id)
+        stamp = self.board.stamp_of(board)
+        if raw is not None and (not raw.get("entity_type") or "__invalid__" in raw or not _on_board(raw)):
+            return self.build(entity_id, raw, merged=True), stamp
+        if place is None:
+            return None, stamp
+        return self._composed(entity_id, raw, place, board), stamp
+
+    def _composed(self, entity_id: str, raw: Optional[Mapping[str, Any]], place: Place,
+                  board: Optional[Mapping[str, Any]] = None) -> Optional[Entity]:
+        """Verify the snapshot (if any) and rebuild the entity from it with the board's fields over it
+        (``board``: those fields when the caller has just read them)."""
         snapshot = None
         if raw is not None:
             verified = self.build(entity_id, raw, merged=True)
             snapshot = _strip(raw)
-        data = self.board.compose(entity_id, snapshot, place)
+        data, changed = self.board.compose_checked(entity_id, snapshot, place, board)
         if data is None:
             return None
-        if snapshot is not None and _same_json(data, snapshot):
+        if snapshot is not None and not changed:
             return verified
         cls = entity_class(data.get("entity_type"), entity_id)
         try:
@@ -490,7 +518,7 @@ class ReplicaEntities:
 
     def stored_version(self, entity_id: str) -> int:
         """The entity's ``version`` as a reader sees it now (0 when it does not exist)."""
-        raw, place = self._locate(entity_id)
+        raw, place, board = self._locate_board(entity_id)
         if raw is not None and not _on_board(raw):
             version = raw.get("version", 0)
             return version if isinstance(version, int) else 0
@@ -499,13 +527,13 @@ class ReplicaEntities:
                 version = raw.get("version", 0)
                 return version if isinstance(version, int) else 0
             return 0
-        data = self.board.compose(entity_id, _strip(raw) if raw is not None else None, place)
+        data = self.board.compose(entity_id, _strip(raw) if raw is not None else None, place, board)
         version = (data or {}).get("version", 0)
         return version if isinstance(version, int) else 0
 
     def board_stamp(self, entity_id: str) -> str:
         """A fingerprint of the entity's board object: a native write changes it (for the optimistic check)."""
-        return self.board.stamp(self.place(entity_id))
+        return self.board.stamp_of(self._locate_board(entity_id)[2])
 
     def build(self, entity_id: str, raw: Mapping[str, Any], *, merged: bool = False) -> Entity:
         """Verify a stored record and rebuild its entity.
@@ -601,21 +629,36 @@ class ReplicaEntities:
                 self._clocks[entity_id] = clock
         return dict(clock)
 
-    def read_for_update(self, entity_id: str, version: int) -> Tuple[Optional[Entity], Clock, Optional[int]]:
-        """The entity at ``version``, the clock seen with it (read together, no peer update in between), and a
-        token for :meth:`untouched_since` when what was read is the current record (else None)."""
+    def read_for_update(
+        self, entity_id: str, version: int
+    ) -> Tuple[Optional[Entity], Clock, Optional[int], BoardSeen]:
+        """The entity at ``version``, the clock seen with it (read together, no peer update in between), a
+        token for :meth:`untouched_since` when what was read is the current record (else None), and what
+        :meth:`board_moved` needs to tell whether its board object changed since (one board read in all)."""
         for _ in range(5):
+            changes = self._board_changes
             with self._clock_lock:
                 generation = self._generation
             with self._verify_lock:
                 touches = self._touches.get(entity_id, 0)
             current = version >= self.current_version()
-            entity = self.read_at_version(entity_id, version)
+            if current:
+                entity, stamp = self._read_stamped(entity_id)
+            else:
+                stamp = self.board_stamp(entity_id)
+                entity = self.read_at_version(entity_id, version)
             clock = self.base_clock(entity_id)
             with self._clock_lock:
                 if generation == self._generation:
                     break
-        return entity, clock, touches if current and entity is not None else None
+        return entity, clock, touches if current and entity is not None else None, (stamp, changes)
+
+    def board_moved(self, entity_id: str, seen: BoardSeen) -> bool:
+        """True when the entity's board object changed since :meth:`read_for_update` returned ``seen``.
+
+        No transaction changed the board since: nothing moved, no need to read it again."""
+        stamp, changes = seen
+        return changes != self._board_changes and self.board_stamp(entity_id) != stamp
 
     def untouched_since(self, entity_id: str, token: int) -> bool:
         """True when no transaction (local or a peer's) changed the record since ``token`` was taken."""

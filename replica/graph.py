@@ -411,6 +411,14 @@ class Graph:
                 bag = entry["properties"] = Map()
             return _sync_map(bag, props) or changed
 
+    def remove_edge_only(self, key: str) -> bool:
+        """Delete the edge under `key` without a write record (its owner keeps its own); False if absent."""
+        with self._access.write():
+            if key not in self._edges:
+                return False
+            del self._edges[key]
+            return True
+
     def edge_raw(self, key: str) -> dict[str, Any] | None:
         """The edge's stored fields under `source|type|target` as plain values (unvalidated), or None."""
         with self._access.read():
