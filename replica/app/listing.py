@@ -66,21 +66,39 @@ def task_texts(r: Replica, tasks: list[Task], open_counts: dict[str, int], *, co
     return texts
 
 
+def matching(tasks: list[Task], status: Any = None, owner: Any = None, tag: Any = None) -> list[Task]:
+    """The tasks among `tasks` that `TaskBoard.list(status=, owner=, tag=)` returns (same filters, same order),
+    so that a filtered listing reads the board once: the whole board tells which records are invalid too."""
+    from replica.models import Task, validate_field
+
+    want = None
+    if status is not None:
+        checked = validate_field(Task, "task", "status", status)
+        want = getattr(checked, "value", checked)
+    return [t for t in tasks if (want is None or t.status.value == want) and (owner is None or t.owner == owner)
+            and (tag is None or tag in t.tags)]
+
+
 def listing_text(r: Replica, params: dict[str, Any]) -> str:
     """The board's tasks (filtered by `status`, `owner`, `tag`; at most `limit`) and invalid records, as
     JSON text equal to `json.dumps({"invalid": [...], "tasks": [...]}, sort_keys=True)`."""
     from replica.errors import FieldError
 
-    filters = {k: v for k, v in params.items() if k != "limit"}
+    unknown = sorted(set(params) - {"status", "owner", "tag", "limit"})
+    if unknown:
+        raise FieldError("task", unknown[0], "no such filter (status, owner, tag, limit)")
     limit = params.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise FieldError("task", "limit", "must be a positive integer")
-    tasks = r.tasks.list(**filters)
-    # Listing validates every record; when nothing is filtered out and nothing is missing,
-    # no record can be invalid, so the second full scan that `invalid()` does is skipped.
-    complete = not filters and len(tasks) == len(r.tasks)
-    invalid = [] if complete else [i.model_dump(mode="json") for i in r.tasks.invalid()]
+    everything = r.tasks.list()
+    # Listing validates every record; when every record listed, none is invalid, so the second
+    # full scan that `invalid()` does is skipped.
+    invalid = [] if len(everything) == len(r.tasks) else [i.model_dump(mode="json") for i in r.tasks.invalid()]
+    filtered = any(params.get(k) is not None for k in ("status", "owner", "tag"))
+    tasks = matching(everything, params.get("status"), params.get("owner"), params.get("tag")) if filtered \
+        else everything
     contested = r.tasks.history.contested()
     open_counts = {tid: len(r.tasks.conflicts(tid)) for tid in contested}
-    texts = task_texts(r, tasks if limit is None else tasks[:limit], open_counts, complete=complete and limit is None)
+    texts = task_texts(r, tasks if limit is None else tasks[:limit], open_counts,
+                       complete=not filtered and limit is None)
     return '{"invalid": ' + json.dumps(invalid, sort_keys=True) + ', "tasks": [' + ", ".join(texts) + "]}"

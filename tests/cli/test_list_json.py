@@ -8,8 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+from pycrdt import Doc, Map
+
 from replica import Replica
 from replica.app.listing import listing_text
+from replica.errors import FieldError
 
 from .conftest import Agentstate
 
@@ -96,3 +100,30 @@ def test_open_conflict_counts_are_spliced_into_the_cached_text(tmp_path: Path) -
         assert tasks[0]["properties"] == {"open_conflicts": 0, "z": [{"open_conflicts": 0}]}, "a property, not the count"
         assert json.loads(listing_text(a, {"limit": 1}))["tasks"] == tasks[:1]
         assert json.loads(listing_text(a, {"owner": "nobody"}))["tasks"] == []
+
+
+def test_filters_pick_what_the_task_board_lists(tmp_path: Path) -> None:
+    with Replica.open(tmp_path / "data") as r:
+        for index in range(12):
+            r.tasks.create(f"t{index}", status=("pending", "blocked", "completed")[index % 3],
+                           owner=("ann", "bob", None)[index % 2 if index % 5 else 2], tags=[f"g{index % 4}", "all"])
+        for filters in ({"status": "blocked"}, {"owner": "ann"}, {"tag": "g1"}, {"status": "pending", "tag": "all"},
+                        {"owner": "nobody"}, {"status": "completed", "owner": "bob", "tag": "g3"}):
+            listed = json.loads(listing_text(r, filters))["tasks"]
+            assert [t["id"] for t in listed] == [t.id for t in r.tasks.list(**filters)], filters
+            limited = json.loads(listing_text(r, {**filters, "limit": 2}))["tasks"]
+            assert limited == listed[:2]
+        peer = Doc()
+        peer.apply_update(r.diff(None))
+        before = peer.get_state()
+        peer.get("tasks", type=Map)["junk"] = "not a map"
+        r.apply_update(peer.get_update(before), origin="peer")
+        for filters in ({}, {"owner": "ann"}, {"limit": 1}):
+            listed = json.loads(listing_text(r, filters))
+            assert [i["id"] for i in listed["invalid"]] == ["junk"], filters
+            assert [t["id"] for t in listed["tasks"]] == [t.id for t in r.tasks.list(owner=filters.get("owner"))][
+                :filters.get("limit", 100)]
+        with pytest.raises(FieldError, match="status"):
+            listing_text(r, {"status": "sleeping"})
+        with pytest.raises(FieldError, match="no such filter"):
+            listing_text(r, {"colour": "red"})
