@@ -791,7 +791,8 @@ class Mesh:
             peers.append(view)
             for key, value in conn.counters.items():
                 totals[key] += value
-        peers += [target.describe(ours) for target in self._targets if target.connection is None]
+        live = set(self._connections)
+        peers += [target.describe(ours) for target in self._targets if target.connection not in live]
         return {
             "replica_id": self.replica_id,
             "room": self.room,
