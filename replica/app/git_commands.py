@@ -38,6 +38,10 @@ DATA_RECORD = "agentstate-data"
 """File in each worktree's git directory naming the data directory that worktree's hooks sync."""
 HOOK_MARK = "# agentstate git hook"
 HOOKS = ("post-merge", "post-checkout", "post-rewrite", "pre-commit")
+OCTOPUS_STRATEGY = "agentstate"
+"""The merge strategy (`pull.octopus`, read by `git merge` too) that lets octopus merges run the drivers."""
+OCTOPUS_STRATEGY_PROGRAM = f"git-merge-{OCTOPUS_STRATEGY}"
+"""The program git runs for it (replica/app/git_strategy.py, installed beside agentstate)."""
 GIT_TIMEOUT = 120.0
 NOTE_TTL = 3600.0
 """Seconds a note of a merged state is kept for the other driver of the same merge."""
@@ -234,6 +238,9 @@ def init_cmd(inv: Invocation) -> None:
               "merge.agentstate.driver": f"{command} git merge %O %A %B %P",
               "merge.agentstate-json.name": "agentstate: regenerate the JSON export from the merged state",
               "merge.agentstate-json.driver": f"{command} git merge-json %O %A %B %P"}
+    strategy = shutil.which(OCTOPUS_STRATEGY_PROGRAM)
+    if strategy is not None:
+        config["pull.octopus"] = OCTOPUS_STRATEGY
     for key, value in config.items():
         git("config", "--local", key, value, cwd=top)
     data = inv.session.path
@@ -254,6 +261,11 @@ def init_cmd(inv: Invocation) -> None:
         print(".gitattributes: " + ("added " + "; ".join(d["attributes_added"]) if d["attributes_added"]
                                     else "already set"))
         print("merge drivers agentstate and agentstate-json configured for this clone (git config --local)")
+        if "pull.octopus" in d["config"]:
+            print(f"octopus merges (git merge a b c) use the {OCTOPUS_STRATEGY} strategy, which runs the drivers")
+        else:
+            print(f"octopus merges: {OCTOPUS_STRATEGY_PROGRAM} (installed beside agentstate) is not on PATH; "
+                  "put it there and run `agentstate git init` again, or merge several branches one at a time")
         if d["excluded"]:
             print(f"ignored the data directory: {', '.join(d['excluded'])} in .git/info/exclude")
         if d["hooks"]:

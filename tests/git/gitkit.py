@@ -41,6 +41,8 @@ class Workspace:
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("GIT_", "AGENTSTATE_"))}
         self.env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+        # agentstate and git-merge-agentstate on PATH, as after activating the virtualenv
+        self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), self.env.get("PATH", "")])
 
     def run(self, argv: list[str], cwd: Path, *, check: bool = True, timeout: float = 120) -> Run:
         """Run a command; with `check`, fail the test with its output unless it exits 0."""

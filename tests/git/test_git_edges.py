@@ -84,8 +84,9 @@ def test_git_merge_with_a_malformed_state_on_one_side_fails_clearly(ws: Workspac
 
 
 def test_octopus_merge_of_three_branches(ws: Workspace) -> None:
-    """git's octopus strategy never runs merge drivers: it refuses cleanly; merging the heads in turn works."""
+    """A plain `git merge one two three` runs the agentstate strategy (pull.octopus), which runs the drivers."""
     repo, _ = start(ws)
+    assert ws.git(repo, "config", "pull.octopus").out.strip() == "agentstate"
     for n, branch in enumerate(("one", "two", "three"), start=2):
         branch_writes(ws, repo, branch, "main", ws.root / f"data-{branch}", n)
     states = [ws.blob(repo, b) for b in ("one", "two", "three")]
@@ -93,18 +94,35 @@ def test_octopus_merge_of_three_branches(ws: Workspace) -> None:
     ws.agentstate(repo, ws.root / "data-main", "counter", "incr", "builds", "--by", "100")
     ws.agentstate(repo, ws.root / "data-main", "git", "sync")
     ws.commit_all(repo, "main moves on")
-    head, ours = ws.git(repo, "rev-parse", "HEAD").out, (repo / STATE).read_bytes()
-    octopus = ws.git(repo, "merge", "--no-edit", "one", "two", "three", check=False)
-    assert octopus.code != 0 and "Should not be doing an octopus" in octopus.out + octopus.err
-    assert ws.git(repo, "rev-parse", "HEAD").out == head
-    assert (repo / STATE).read_bytes() == ours
+    ours = (repo / STATE).read_bytes()
+    heads = [ws.git(repo, "rev-parse", rev).out.strip() for rev in ("HEAD", "one", "two", "three")]
+    ws.git(repo, "merge", "--no-edit", "one", "two", "three")
+    parents = ws.git(repo, "rev-list", "--parents", "-n", "1", "HEAD").out.split()[1:]
+    assert parents == heads, "one octopus commit with every head as a parent"
     assert ws.git(repo, "status", "--porcelain").out == ""
-    for branch in ("one", "two", "three"):
-        ws.git(repo, "merge", "--no-edit", branch)
-    assert decoded((repo / STATE).read_bytes()) == crdt_merge(ours, *states)
+    merged = (repo / STATE).read_bytes()
+    assert b"<<<<<<<" not in merged and decoded(merged) == crdt_merge(ours, *states)
+    export = (repo / EXPORT).read_text()
+    assert "<<<<<<<" not in export and ws.git(repo, "hash-object", STATE).out.strip() in export
     fresh = ws.root / "data-reader"
     ws.agentstate(repo, fresh, "git", "sync")
     assert ws.agentstate(repo, fresh, "counter", "get", "builds", "--json").json()["value"] == 1 + 2 + 3 + 4 + 100
+
+
+def test_octopus_with_a_conflict_outside_the_state_is_refused_and_changes_nothing(ws: Workspace) -> None:
+    repo, _ = start(ws)
+    for branch, text in (("left", "left side\n"), ("right", "right side\n")):
+        ws.git(repo, "checkout", "-q", "-b", branch, "main")
+        (repo / "README").write_text(text)
+        ws.commit_all(repo, f"README on {branch}")
+    ws.git(repo, "checkout", "-q", "main")
+    (repo / "other.txt").write_text("main moves on\n")
+    ws.commit_all(repo, "main moves on")
+    head = ws.git(repo, "rev-parse", "HEAD").out
+    refused = ws.git(repo, "merge", "--no-edit", "left", "right", check=False)
+    assert refused.code != 0 and "merge the branches one at a time" in refused.err
+    assert ws.git(repo, "rev-parse", "HEAD").out == head
+    assert ws.git(repo, "status", "--porcelain").out == ""
 
 
 def test_worktrees_with_their_own_data_directories(ws: Workspace) -> None:
