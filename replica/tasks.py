@@ -284,12 +284,16 @@ class TaskBoard:
                 })
                 return True
             changed = False
+            stored = record_dict(entry)
             for name, value in checked.items():
-                if name not in entry or plain(entry.get(name)) != value:
+                if name not in stored or stored[name] != value:
                     entry[name] = value
                     changed = True
-            bag = self._nested(entry, "properties")
-            current = plain(bag)
+            bag = entry.get("properties")
+            if isinstance(bag, Map):
+                current = stored["properties"] if isinstance(stored.get("properties"), dict) else plain(bag)
+            else:
+                bag, current = self._nested(entry, "properties"), {}
             for key, value in props.items():
                 if key not in current or (json.dumps(current[key], sort_keys=True, default=str)
                                           != json.dumps(from_doc_number(value), sort_keys=True, default=str)):
