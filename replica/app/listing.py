@@ -29,6 +29,7 @@ _TEXTS: WeakKeyDictionary[Any, dict[str, _Encoded]] = WeakKeyDictionary()
 _ENCODE = json.JSONEncoder(sort_keys=True).encode
 """What `json.dumps(value, sort_keys=True)` does, without building an encoder per call (1,000 per listing)."""
 _PLACEHOLDER = f', "{COUNT_KEY}": 0'
+"""The count member as the encoder writes it after the keys sorted before it (a task always has some: `id`)."""
 _LOCK = threading.Lock()
 """The daemon lists on worker threads; this guards `_TEXTS` itself (the encoding runs outside it)."""
 
@@ -40,7 +41,7 @@ def _encode(task: Task) -> _Encoded:
     string: quotes there are escaped); if a value holds that member too, the two halves are encoded apart."""
     dumped = task.model_dump(mode="json")
     text = _ENCODE({**dumped, COUNT_KEY: 0})
-    if text.count(_PLACEHOLDER) == 1:
+    if text.count(_PLACEHOLDER) == 1 and not text.startswith("{" + _PLACEHOLDER[2:]):
         head, _, tail = text.partition(_PLACEHOLDER)
         return task, head + _PLACEHOLDER[:-1], tail
     before = _ENCODE({k: v for k, v in dumped.items() if k < COUNT_KEY})[1:-1]
