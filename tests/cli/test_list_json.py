@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,3 +128,25 @@ def test_filters_pick_what_the_task_board_lists(tmp_path: Path) -> None:
             listing_text(r, {"status": "sleeping"})
         with pytest.raises(FieldError, match="no such filter"):
             listing_text(r, {"colour": "red"})
+
+
+def test_a_daemon_without_the_text_listing_still_lists(agentstate: Agentstate) -> None:
+    ids = _add_tasks(agentstate)
+    expected = agentstate("task", "list", "--json").out
+    table = agentstate("task", "list").out
+    older = ("import sys\nfrom replica.app import commands\ndel commands._COMMANDS['task.list.json']\n"
+             "from replica.app.cli import main\nmain(sys.argv[1:])\n")
+    proc = subprocess.Popen([sys.executable, "-c", older, "--data", str(agentstate.data), "serve"],
+                            cwd=agentstate.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (agentstate.data / "daemon.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the older daemon did not start"
+            time.sleep(0.02)
+        listed = agentstate("--debug", "task", "list", "--json")
+        assert listed.code == 0 and listed.out == expected and [t["id"] for t in json.loads(listed.out)["tasks"]] == ids
+        assert "predates task.list.json" in listed.err and "sending task.list to the daemon" in listed.err
+        assert agentstate("task", "list").out == table
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
