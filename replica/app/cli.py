@@ -537,6 +537,12 @@ def serve_cmd(inv: Invocation) -> None:
     daemon = Daemon(inv.session.path, durability=inv.args.durability, options=options)
 
     def ready(d: Daemon) -> None:
+        import gc
+
+        # What starting allocated stays for the daemon's life: out of the collector's sight, a full
+        # collection walks only what requests allocate (see mcp_server.freeze_startup_heap).
+        gc.collect()
+        gc.freeze()
         replica_id = d.replica.replica_id if d.replica else ""
         lines = [f"agentstate serve: replica {replica_id} in {inv.session.path} "
                  f"(durability {inv.args.durability}, pid {os.getpid()})"]

@@ -654,6 +654,7 @@ async def serve(path: Path, *, agent: str | None = None, durability: str = "bala
             services = await start_services(replica, sync_options)
         ctx = Context(replica, agent or default_agent(), services)
         server = build_server(ctx)
+        freeze_startup_heap()
         if address is None:
             if ready is not None:
                 ready("stdio")
@@ -663,6 +664,18 @@ async def serve(path: Path, *, agent: str | None = None, durability: str = "bala
     finally:
         await stop_services(services)
         replica.close()
+
+
+def freeze_startup_heap() -> None:
+    """Put what starting allocated (modules, pydantic schemas, the opened board) beyond the garbage collector.
+
+    A long-lived server's full collections otherwise walk ~95,000 startup objects: in a trial, listing
+    1,000 tasks paid 12 ms per call on average in them (one collection of about 90 ms every few calls);
+    over stdio, task_list's p50 went from 121 to 111 ms."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 async def _serve_stdio(server: MCPServer) -> None:
