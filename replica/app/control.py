@@ -16,11 +16,10 @@ daemon path stays fast.
 
 from __future__ import annotations
 
+import _socket
 import json
 import os
 import re
-
-import _socket
 from pathlib import Path
 
 from replica.errors import ReplicaError
