@@ -378,7 +378,11 @@ class Hub:
                 return room
             unloading = self._unloading.get(name)
             if unloading is not None:
-                await asyncio.shield(unloading)
+                if unloading.done():  # awaiting a done task would not yield: its cleanup callback never ran
+                    self._unloading.pop(name, None)
+                else:
+                    with suppress(Exception):  # a failed close was logged; the room reopens anyway
+                        await asyncio.shield(unloading)
                 continue
             loading = self._loading.get(name)
             if loading is not None:

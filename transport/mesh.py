@@ -363,59 +363,59 @@ class Mesh:
 
     async def _handle_inbound(self, ws: ServerConnection) -> None:
         """Admit or refuse an accepted websocket, then serve it until it closes."""
-        remote = _format_address(ws.remote_address)
-        self._inbound.add(ws)
-        try:
-            if self._stopping:
-                await ws.close(closecodes.GOING_AWAY, _close_reason(closecodes.GOING_AWAY))
-                return
-            if len(self._inbound) > self.limits.max_connections:
-                await self._refuse(ws, remote, closecodes.TRY_AGAIN_LATER, "connection_limit",
-                                   f"{self.limits.max_connections} connections already served")
-                return
-            request = ws.request
-            assert request is not None
-            path, _, query = request.path.partition("?")
-            access = self._auth.check(token_from_request(request.headers.get("Authorization"), query))
-            if self.claim_handler is not None and request.headers.get(CLAIM_HEADER) == "1":
-                return await self.claim_handler(ws, access, self._room_matches(path))
-            if not access.allowed:
-                with suppress(ConnectionClosed):
-                    await ws.send(encode(AuthPermissionDenied(access.reason)))
-                await self._refuse(ws, remote, closecodes.UNAUTHORIZED, "unauthorized", access.reason)
-                return
-            if not self._room_matches(path):
-                await self._refuse(ws, remote, closecodes.ROOM_MISMATCH, "room_mismatch", f"path {path[:200]}")
-                return
-            await self._serve_connection(
-                ws,
-                Role.LISTENER,
-                name=remote,
-                read_only=access.read_only,
-                expects_hello=request.headers.get(HELLO_HEADER) == "1",
-            )
-        finally:
-            self._inbound.discard(ws)
+        await self._accept(ws, self._admit)
 
     async def serve_admitted(self, ws: ServerConnection, *, read_only: bool) -> None:
         """Serve a websocket that a hub has already admitted (room routed, token checked)."""
+
+        async def admitted(ws: ServerConnection, remote: str) -> bool:
+            return read_only
+
+        await self._accept(ws, admitted)
+
+    async def _accept(self, ws: ServerConnection,
+                      admit: Callable[[ServerConnection, str], Awaitable[bool | None]]) -> None:
+        """Track an inbound websocket while it lives; `admit` says read-only or not, or None once refused."""
         remote = _format_address(ws.remote_address)
         self._inbound.add(ws)
         try:
             if self._stopping:
                 await ws.close(closecodes.GOING_AWAY, _close_reason(closecodes.GOING_AWAY))
                 return
+            read_only = await admit(ws, remote)
+            if read_only is None:
+                return
             request = ws.request
             assert request is not None
-            await self._serve_connection(
-                ws,
-                Role.LISTENER,
-                name=remote,
-                read_only=read_only,
-                expects_hello=request.headers.get(HELLO_HEADER) == "1",
-            )
+            await self._serve_connection(ws, Role.LISTENER, name=remote, read_only=read_only,
+                                         expects_hello=request.headers.get(HELLO_HEADER) == "1")
         finally:
             self._inbound.discard(ws)
+
+    async def _admit(self, ws: ServerConnection, remote: str) -> bool | None:
+        """The connection limit, the token and the room of a websocket this mesh listened for.
+
+        Returns whether it is read-only, or None once refused (or handed to the claim arbiter)."""
+        if len(self._inbound) > self.limits.max_connections:
+            await self._refuse(ws, remote, closecodes.TRY_AGAIN_LATER, "connection_limit",
+                               f"{self.limits.max_connections} connections already served")
+            return None
+        request = ws.request
+        assert request is not None
+        path, _, query = request.path.partition("?")
+        access = self._auth.check(token_from_request(request.headers.get("Authorization"), query))
+        if self.claim_handler is not None and request.headers.get(CLAIM_HEADER) == "1":
+            await self.claim_handler(ws, access, self._room_matches(path))
+            return None
+        if not access.allowed:
+            with suppress(ConnectionClosed):
+                await ws.send(encode(AuthPermissionDenied(access.reason)))
+            await self._refuse(ws, remote, closecodes.UNAUTHORIZED, "unauthorized", access.reason)
+            return None
+        if not self._room_matches(path):
+            await self._refuse(ws, remote, closecodes.ROOM_MISMATCH, "room_mismatch", f"path {path[:200]}")
+            return None
+        return access.read_only
 
     def _room_matches(self, path: str) -> bool:
         """Whether a request path names our room (raw, as y-websocket sends it, or URL-encoded)."""
