@@ -197,7 +197,7 @@ class Registry:
                 print(f"warning: plugin {name} failed to load: {exc}", file=sys.stderr)
         import_module(".backup_commands", __package__).register(self)
         import_module(".worker_commands", __package__).register(self)
-        import_module(".logsetup", __package__).register(self)
+        import_module(".log_options", __package__).register(self)
 
     def help_text(self) -> str:
         """The top-level help: global options, then every command with its summary."""

@@ -9,12 +9,7 @@ directory and writes the directory's whole state back. See docs/git.md.
 
 from __future__ import annotations
 
-import hashlib
-import shlex
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from replica.errors import ReplicaError
@@ -66,6 +61,8 @@ register_exit_code("HookTakenError", ExitCode.CONFLICT)
 
 def git(*args: str, cwd: Path | str, data: bytes | None = None) -> bytes:
     """Run `git ARGS` in `cwd` and return its stdout; GitCommandError (with git's message) if it fails."""
+    import subprocess
+
     try:
         proc = subprocess.run(["git", *args], cwd=cwd, input=data, capture_output=True, timeout=GIT_TIMEOUT)
     except FileNotFoundError:
@@ -100,6 +97,9 @@ def git_dir(top: Path) -> Path:
 
 def agentstate_command() -> str:
     """How git and hooks should start this same agentstate: `agentstate` if PATH finds it, else its full path."""
+    import shlex
+    import shutil
+
     script = Path(sys.argv[0]).absolute() if sys.argv and sys.argv[0] else None
     if script is not None and script.name == "agentstate" and script.is_file():
         found = shutil.which("agentstate")
@@ -229,6 +229,8 @@ def _hooks_to_write(top: Path, command: str) -> dict[Path, str]:
 
 def init_cmd(inv: Invocation) -> None:
     """`git init`: state file, export, attributes, driver config, data record, and hooks with --hooks."""
+    import shutil
+
     top = toplevel()
     command = agentstate_command()
     hooks = _hooks_to_write(top, command) if inv.args.hooks else {}
@@ -286,6 +288,8 @@ def merged_blob(top: Path, ours: str, theirs: str, compute: Callable[[], bytes])
     of writers), so both drivers of one merge must share one result for the export to name
     the state that is committed: whichever runs first stores it (`git hash-object -w`) and
     notes its id under `agentstate-merges/` in the git directory; the other reads it back."""
+    import hashlib
+
     directory = git_path(top, "agentstate-merges")
     note = directory / hashlib.sha256(f"{ours}\0{theirs}".encode()).hexdigest()
     try:
@@ -306,6 +310,8 @@ def merged_blob(top: Path, ours: str, theirs: str, compute: Callable[[], bytes])
 
 def _prune(directory: Path) -> None:
     """Drop notes of merges older than NOTE_TTL seconds (a merge's drivers run within moments)."""
+    import time
+
     limit = time.time() - NOTE_TTL
     for entry in directory.iterdir():
         try:

@@ -84,7 +84,7 @@ def build_limits(args: Any) -> HubLimits:
 
 
 def hub_cmd(inv: Invocation) -> int:
-    """Run a hub in the foreground until SIGTERM or Ctrl-C (logging is set up by `logsetup`)."""
+    """Run a hub in the foreground until SIGTERM or Ctrl-C (logging is set up by `log_options`)."""
     import asyncio
 
     from transport.mesh import parse_listen

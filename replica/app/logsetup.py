@@ -17,23 +17,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any
 
-from .cli import Arg, Invocation, Registry
+from .log_options import LOG_FORMATS, LOG_LEVELS
 
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+
 QUEUE_RECORDS = 10_000
 """Records waiting for the writer thread at most; beyond it they are dropped and counted."""
 STOP_WAIT = 2.0
 """Seconds `LogSetup.stop` waits for the writer to empty the queue (stderr may never drain)."""
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
-LOGGED_COMMANDS = ("serve", "hub", "worker")
-"""Commands that get --log-format and --log-level (those that exist)."""
 _FIELD = re.compile(r'(?:^|\s)([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|\S+)')
 
 
@@ -146,40 +142,3 @@ def configure(level: str = "info", log_format: str = "text", stream: IO[str] | N
     root.setLevel(level.upper())
     listener.start()
     return LogSetup(handler, listener)
-
-
-LOG_OPTIONS = [
-    Arg("--log-format", choices=LOG_FORMATS, default="text", env="AGENTSTATE_LOG_FORMAT",
-        help="log lines on stderr as text or JSON objects (ts, level, logger, msg, key=value fields); default text"),
-    Arg("--log-level", choices=LOG_LEVELS, default="info", env="AGENTSTATE_LOG_LEVEL",
-        help="least severe level logged; default info"),
-]
-
-
-def with_logging(run: Callable[[Invocation], int | None]) -> Callable[[Invocation], int | None]:
-    """Wrap a long-running command: configure logging from its options, stop it when the command ends.
-
-    The command's own `logging.basicConfig` then does nothing (the root logger has a handler).
-    """
-
-    def logged(inv: Invocation) -> int | None:
-        setup = configure(inv.args.log_level, inv.args.log_format)
-        try:
-            return run(inv)
-        finally:
-            setup.stop()
-
-    logged.__doc__ = run.__doc__
-    return logged
-
-
-def register(cli: Registry) -> None:
-    """Give serve (and hub, worker, where present) --log-format and --log-level, and configure logging for them."""
-    for name in LOGGED_COMMANDS:
-        command = cli.commands.get((name,))
-        if command is None or any("--log-format" in arg.flags for arg in command.args):
-            continue
-        cli.extend(name, *LOG_OPTIONS)
-        command.run = with_logging(command.run)
-
-

@@ -1,7 +1,7 @@
 """`agentstate worker`: compact rooms kept in Redis Streams into durable replicas and trim the streams.
 
 Imported for `--help` and the worker command only; the worker itself (transport.redis_worker)
-loads when it runs. Logging (--log-format, --log-level) is set up by `logsetup`.
+loads when it runs. Logging (--log-format, --log-level) is set up by `log_options`.
 """
 
 from __future__ import annotations
