@@ -290,6 +290,9 @@ async def test_hub_metrics_and_health_move_with_traffic(tmp_path: Path) -> None:
                 a.tasks.create("counted", id="T-counted")
                 await eventually(lambda: hub.room("m1") is not None
                                  and "T-counted" in task_ids(hub.room("m1").opened.replica), what="write arrived")
+                await eventually(lambda: hub.rooms() == ["m1", "m2"]
+                                 and all(len(hub.room(name).mesh.connections()) == 1 for name in ("m1", "m2")),
+                                 what="both rooms loaded, one connection each")
                 during = await asyncio.to_thread(scrape, base + "/metrics")
                 assert during["agentstate_rooms_loaded{}"] == 2
                 assert during["agentstate_connections{}"] == 2
