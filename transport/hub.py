@@ -35,13 +35,18 @@ from transport.board import add_hub_board_routes
 from transport.http import HttpRoutes
 from transport.limits import Limits
 from transport.mesh import Mesh
+from transport.messages import AuthPermissionDenied, encode
 from transport.metrics import ServerMetrics, add_health_routes, add_metrics_routes
+from transport.ratelog import RateLimitedLog
 from transport.rooms import InvalidRoomError, OpenRoom, RoomStore, room_from_path
 
 log = logging.getLogger("agentstate.hub")
 
 REFRESH_INTERVAL = 0.05
 """Seconds between checks for other local processes' writes to loaded rooms (one thread for all)."""
+
+MAX_CLOSE_REASON = 123
+"""Bytes of UTF-8 a websocket close frame's reason may hold (RFC 6455: 125 minus the code)."""
 
 TRIM_DELAY = 1.0
 """Seconds after the last room unloads before freed memory is handed back to the system."""
@@ -171,6 +176,18 @@ def return_free_memory() -> None:
         trim(0)
 
 
+def _close_reason_text(text: str) -> str:
+    """`text` cut to what a close frame carries (123 bytes of UTF-8), never splitting a character."""
+    return text.encode("utf-8")[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+
+
+def _format_address(address: Any) -> str:
+    """host:port of a peer socket address, for logs."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
 def resident_memory() -> int | None:
     """This process's resident set size in bytes (Linux /proc), or None where unknown."""
     try:
@@ -230,6 +247,7 @@ class Hub:
         self._unloading: dict[str, asyncio.Task[None]] = {}
         self._connections = 0
         self._refusals: Counter[str] = Counter()
+        self._refusal_log = RateLimitedLog(log)
         self._rooms_opened = 0
         self._rooms_closed = 0
         self._server: Server | None = None
@@ -306,6 +324,7 @@ class Hub:
         if self._server is not None:
             await self._server.wait_closed()
         await self.store.close()
+        self._refusal_log.flush()
         log.info("event=hub_stopped")
 
     async def __aenter__(self) -> Hub:
@@ -351,14 +370,19 @@ class Hub:
         return room_name, access
 
     async def _refuse(self, ws: ServerConnection, refusal: HubRefusal) -> None:
-        """Close a websocket the hub will not serve, counting and logging why."""
+        """Close a websocket the hub will not serve, counting it and logging why at a bounded rate.
+
+        A token refusal first sends y-websocket's permission-denied message, as `serve` does."""
         self._refusals[refusal.reason] += 1
-        log.info("event=refused peer=%s reason=%s code=%d detail=%s", ws.remote_address, refusal.reason,
-                 refusal.code, json.dumps(refusal.detail[:200]))
+        self._refusal_log.log(logging.INFO, refusal.reason, "event=refused peer=%s reason=%s code=%d detail=%s",
+                              _format_address(ws.remote_address), refusal.reason, refusal.code,
+                              json.dumps(refusal.detail[:200]))
         reason = closecodes.REASONS.get(refusal.code, "refused")
-        if refusal.reason not in ("stopping",):
-            reason = f"{reason}: {refusal.detail}"[:120]
+        if refusal.reason != "stopping":
+            reason = _close_reason_text(f"{reason}: {refusal.detail}")
         with suppress(Exception):
+            if refusal.code == closecodes.UNAUTHORIZED:
+                await ws.send(encode(AuthPermissionDenied(refusal.detail)))
             await ws.close(refusal.code, reason)
 
     # -- rooms ----------------------------------------------------------------------------

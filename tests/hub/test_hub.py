@@ -315,3 +315,18 @@ def http_get(url: str) -> tuple[int, bytes]:
 
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.status, response.read()
+
+
+async def test_refusals_are_counted_and_logged_at_a_bounded_rate(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="agentstate.hub")
+    auth = HubAuth([RoomGrant("right", ("other",))])
+    async with running_hub(LocalRoomStore(tmp_path / "hub"), auth=auth) as hub:
+        for _ in range(40):  # a valid token for another room: the reason names this (long, non-ASCII) room
+            async with connect(hub.url("ü" * 300) + "?token=right") as ws:
+                assert await close_code_of(ws) == closecodes.UNAUTHORIZED
+                assert len((ws.close_reason or "").encode("utf-8")) <= 123
+        assert hub.status()["refusals"] == {"unauthorized": 40}
+    lines = [r.getMessage() for r in caplog.records if "event=refused" in r.getMessage()]
+    assert len(lines) == 10, "ten lines per reason per interval, the rest counted"
+    assert any("event=suppressed" in r.getMessage() and "count=30" in r.getMessage() for r in caplog.records)
