@@ -32,6 +32,7 @@ from replica.statevector import decode_state_vector
 from transport import closecodes
 from transport.auth import TokenAuth, check_listen_safety, token_from_request
 from transport.claim_protocol import CLAIM_HEADER
+from transport.coalesce import RunMerger
 from transport.dialing import DialTarget, dial_loop, dial_target
 from transport.digests import DigestCache
 from transport.awareness import AwarenessTable
@@ -205,6 +206,7 @@ class Mesh:
         self._rejections: Counter[str] = Counter()
         self._totals: Counter[str] = Counter()
         self._digests = DigestCache(replica)
+        self._merger = RunMerger()
         self._server: Server | None = None
         self._address: tuple[str, int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -498,7 +500,7 @@ class Mesh:
         conn = PeerConnection(
             ws, session, self.replica, self.limits,
             name=name, origin=origin, sequence=self._sequence,
-            awareness_snapshot=self._awareness.encode_all, target=target,
+            awareness_snapshot=self._awareness.encode_all, target=target, merger=self._merger,
         )
         if target is not None:
             target.connection = conn

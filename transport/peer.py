@@ -20,13 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import merge_updates
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from replica.replica import Replica
 from replica.statevector import decode_state_vector, encode_state_vector, missing_from
 from transport import closecodes
+from transport.coalesce import BurstWindow, RunMerger
 from transport.limits import Limits
 from transport.messages import EMPTY_UPDATE
 from transport.relay import AdvertisedLinks
@@ -37,12 +37,6 @@ log = logging.getLogger(__name__)
 
 SPLIT_IN_THREAD_BYTES = 4 * 1024 * 1024
 """Updates at least this big are cut into frames off the event loop."""
-
-COALESCE_WINDOW = 0.0005
-"""Seconds the writer may wait for more updates to merge with a lone queued one, but only
-in a burst (the previous frame went out less than this long ago): an isolated write is
-sent at once, a stream of writes on this loop goes out in merged frames."""
-
 
 class Kind(enum.Enum):
     """What a queued item is."""
@@ -184,6 +178,7 @@ class PeerConnection:
         sequence: int,
         awareness_snapshot: Callable[[], bytes | None],
         target: Any = None,
+        merger: RunMerger | None = None,
     ) -> None:
         self.ws = ws
         self.session = session
@@ -217,7 +212,8 @@ class PeerConnection:
         self._held: list[bytes] | None = None
         self._pending_mark: tuple[bytes, int] | None = None
         self._sent_mark: bytes | None = None
-        self._last_sent = 0.0
+        self._burst = BurstWindow()
+        self._merger = merger or RunMerger()
         self._answered = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -336,8 +332,10 @@ class PeerConnection:
         while True:
             if self.queue.resync_requested:
                 await self._resync()
-            if time.monotonic() - self._last_sent < COALESCE_WINDOW and self.queue.lone_update():
-                await self._coalesce()
+            if self._burst.in_burst() and self.queue.lone_update():
+                await self._burst.gather(
+                    self.queue.__len__, lambda: self.queue.size_bytes >= self.limits.batch_bytes
+                )
             if self._pending_mark is None and len(self.queue):
                 self._pending_mark = (self.replica.state_vector(), self.queue.last_seq)
             items = self.queue.pop(min(self.limits.batch_bytes, self.limits.max_update_size))
@@ -346,7 +344,7 @@ class PeerConnection:
             first = items[0]
             if first.kind is Kind.UPDATE:
                 updates = [item.payload for item in items]
-                merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
+                merged = self._merger.merge(updates)
                 self.counters["updates_batched"] += len(updates)
                 await self._send_document(merged, final_step2=False)
             elif first.kind is Kind.STEP2:
@@ -354,21 +352,6 @@ class PeerConnection:
             else:
                 await self._send_frame(first.payload, "frame")
             self._mark_sent(items[-1].seq)
-
-    async def _coalesce(self) -> None:
-        """In a burst, let producers on this loop add to a lone queued update before it is sent.
-
-        Yields to the event loop while the queue keeps growing, for at most
-        COALESCE_WINDOW seconds; what piled up is then merged into one frame.
-        """
-        deadline = time.monotonic() + COALESCE_WINDOW
-        size = len(self.queue)
-        while True:
-            await asyncio.sleep(0)
-            grown = len(self.queue)
-            if grown == size or self.queue.size_bytes >= self.limits.batch_bytes or time.monotonic() >= deadline:
-                return
-            size = grown
 
     def _mark_sent(self, seq: int) -> None:
         """Advance what the peer is known to hold once every item of the pending mark is out.
@@ -484,7 +467,7 @@ class PeerConnection:
     async def _send_frame(self, frame: bytes, kind: str) -> None:
         """Send one frame and count it."""
         await self.ws.send(frame)
-        self._last_sent = time.monotonic()
+        self._burst.sent()
         self.counters["messages_out"] += 1
         self.counters["bytes_out"] += len(frame)
         self.counters[f"{kind}_frames_out"] += 1
