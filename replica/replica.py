@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycrdt import Array, Doc, Map
 
@@ -30,7 +30,6 @@ from .lessons import Lessons
 from .models import InvalidRecord
 from .schema import COUNTERS, EDGES, LESSONS, META, NODES, REMOVED_NODES, SCHEMA_VERSION, TASKS
 from .records import Records
-from .repair import ScanResult, scan
 from .requests import REQUESTS, Requests
 from .snapshot import SnapshotProblem, SnapshotStore
 from .statevector import decode_state_vector
@@ -43,6 +42,9 @@ from .update_log import (
     SegmentGoneError,
     UpdateLog,
 )
+
+if TYPE_CHECKING:
+    from .repair import ScanResult
 
 log = logging.getLogger(__name__)
 
@@ -614,6 +616,8 @@ class Replica:
         Holds the compaction lock (so no segment is deleted meanwhile) but neither the
         replica's lock nor the append lock during the scan: peers' updates and other
         processes' writes go on, and the scan stops where the log ended when it began."""
+        from .repair import scan  # verify's reader: loaded by the commands that scan
+
         if self._log is None or self.datadir is None:
             raise ReplicaError("an in-memory replica has no storage to scan")
         guard = CompactionLock.take(self._log.directory, wait=True)

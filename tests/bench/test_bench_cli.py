@@ -125,13 +125,26 @@ def test_cli_latency_with_a_daemon(board: Path, env: dict[str, str], daemon: Non
     assert not slow, f"CLI with a daemon regressed past 3x its goal: {slow}"
 
 
+DEPENDENCY_FLOOR = [sys.executable, "-c", "import pycrdt; from pydantic import BaseModel, Field, TypeAdapter; pycrdt.Doc()"]
+"""What every command that opens a replica pays before any code of ours: importing the two libraries
+the replica stands on (pydantic's names load lazily, so the ones a model needs are named) and making
+one Doc (pycrdt's first Doc imports asyncio through anyio)."""
+
+
 def test_cli_latency_without_a_daemon(board: Path, env: dict[str, str]) -> None:
-    """The 300 ms goal without a daemon is not met yet (importing the library before the replica opens takes
-    200-360 ms, see docs/benchmarks.md): a missed goal is printed as NOT MET, and 3x the goal is asserted."""
+    """The 300 ms goal without a daemon sits on the dependency floor (importing pycrdt and pydantic and
+    making one Doc, measured here in the same run): a missed goal is printed as NOT MET, and 3x is asserted."""
     assert not (board / "daemon.json").exists()
-    times = _measure(_commands(board), env, RUNS // 2)
+    times = _measure({**_commands(board), "dependency floor": DEPENDENCY_FLOOR}, env, RUNS // 2)
+    deps = times.pop("dependency floor")
     slow = _slower_than(times, 3 * LOCAL_P50_MS)
+    for name, values in times.items():
+        if name != "python -c pass":
+            report(f"CLI {name}, no daemon, p50 vs the dependency floor", statistics.median(values),
+                   statistics.median(deps), "ms", goal="reported", higher_is_better=False,
+                   baseline_name="pycrdt+pydantic")
     missed = _report(f"no daemon, {TASKS:,} tasks", times, LOCAL_P50_MS)
     for line in missed:
-        print(f"\nGOAL NOT MET: {line}")
+        print(f"\nGOAL NOT MET: {line}; importing pycrdt and pydantic and making one Doc alone: "
+              f"p50 {statistics.median(deps):.0f} ms")
     assert not slow, f"CLI without a daemon regressed past 3x its goal: {slow}"
