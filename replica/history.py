@@ -170,12 +170,16 @@ class WriteHistory:
         self._dirty: set[str] = set()
         self._since_compaction: dict[str, int] = {}
         self._slot_cache: dict[str, Array] = {}
+        self._writer: str | None = None
         access.keep_subscription(observe_touched(self._writes, self._on_writes))
 
     @property
     def writer(self) -> str:
-        """This incarnation's writer name: replica id and Yjs client id (unique per start and process)."""
-        return f"{self._access.replica_id}.{self._access.client_id}"
+        """This incarnation's writer name: replica id and Yjs client id (unique per start and process;
+        a replica's Doc, hence its client id, never changes, so the name is made once)."""
+        if self._writer is None:
+            self._writer = f"{self._access.replica_id}.{self._access.client_id}"
+        return self._writer
 
     def _record_of(self, key: str) -> str:
         """The record id of a `<name>_writes` key: before the last `|` in slots (record ids may
@@ -268,35 +272,42 @@ class WriteHistory:
             return dict(cached)
 
     def record(self, record_id: str, fields: dict[str, Any], data: dict[str, Any] | None, base: Clock | None,
-               resolves: Iterable[str] = (), version: int | None = None, *, name_fields: bool = False) -> WriteRecord:
+               resolves: Iterable[str] = (), version: int | None = None, *, name_fields: bool = False,
+               at: str | None = None) -> WriteRecord:
         """Store one write record (inside the write's transaction) and compact the record's history.
 
         `fields` maps each field set to its value; with `name_fields` only their names are
-        stored and the values are read back from `data` (which then holds them all)."""
+        stored and the values are read back from `data` (which then holds them all). `at` is
+        the write's time when the caller already has it; no `resolves` key when it resolves
+        nothing (readers default it to none)."""
+        writer = self.writer
+        resolved = tuple(resolves)
         seen = dict(base if base is not None else self.clock(record_id))
         seq = self._next_seq()
-        seen[self.writer] = seq
-        body: dict[str, Any] = {"record": record_id, "writer": self.writer, "seq": seq, "clock": seen,
-                                "at": iso_now(), "fields": sorted(fields) if name_fields else dict(fields),
-                                "data": data, "resolves": list(resolves)}
+        seen[writer] = seq
+        body: dict[str, Any] = {"record": record_id, "writer": writer, "seq": seq, "clock": seen,
+                                "at": at or iso_now(), "fields": sorted(fields) if name_fields else dict(fields),
+                                "data": data}
+        if resolved:
+            body["resolves"] = list(resolved)
         if version is not None:
             body["version"] = version
         if self._slots:
-            slot_key = f"{record_id}|{self.writer}"
+            slot_key = f"{record_id}|{writer}"
             slot = self._slot_cache.get(record_id)
             if slot is None:
                 slot = self._writes.get(slot_key)
                 if not isinstance(slot, Array):
                     slot = self._writes[slot_key] = Array()
                 self._slot_cache[record_id] = slot
-            slot.append(body)
+            slot.insert(len(slot), body)
             key = f"{slot_key}|{seq}"
         else:
-            key = f"{record_id}|{self.writer}|{seq}"
+            key = f"{record_id}|{writer}|{seq}"
             self._writes[key] = body
-        parsed = WriteRecord(key, record_id, self.writer, seq, seen, body["at"],
+        parsed = WriteRecord(key, record_id, writer, seq, seen, body["at"],
                              {name: (data or {}).get(name) for name in fields} if name_fields else dict(fields),
-                             data, tuple(resolves), version)
+                             data, resolved, version)
         self._clocks[record_id] = join([self._clocks.get(record_id, {}), seen])
         if self._compact and self._slots:
             count = self._since_compaction.get(record_id, 0) + 1

@@ -222,7 +222,7 @@ class TaskBoard:
             recorded = dict(scalars)
             recorded.update({f"properties.{k}": v for k, v in props.items()})
             recorded.update({f"properties.{k}": None for k in drop_props})
-            self.history.record(task_id, _kept(recorded), {}, None)
+            self.history.record(task_id, _kept(recorded), {}, None, at=now)
             for name, replacement in sets.items():
                 self._replace_set(entry, name, replacement)
             if adds or removes:
