@@ -5,9 +5,11 @@ An isolated write goes out at once. In a burst (the previous frame left less tha
 ago) the writer first polls the event loop for FIRST_WINDOW while every turn adds to its
 queue; each window that ends with updates still arriving doubles the next, up to MAX_WINDOW,
 and from the second window on the writer simply sleeps through it instead of polling (a
-stream is known to be on). A window that ends quiet resets to FIRST_WINDOW. So a writer
-flat out sends a few big frames per second to each peer and each receiver applies one merged
-update instead of hundreds, while a paced write waits one turn of the loop at most.
+stream is known to be on). A slept window keeps the stream on only if more than STREAM_RATE
+updates a second arrived during it; a window that ends quiet, or slower than that, resets to
+FIRST_WINDOW. So a writer flat out sends about one frame per 8 ms to each
+peer and each receiver applies one merged update instead of hundreds, while a paced write
+(even right after a flood) waits one turn of the loop at most.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ MAX_WINDOW = 0.008
 
 BURST_GAP = 0.005
 """A lone update is only held back when the previous frame went out less than this long ago."""
+
+STREAM_RATE = 500
+"""Updates per second above which a slept window keeps the stream on (more than 4 in 8 ms): a
+writer flat out, even slowed by a busy machine, stays above it; a paced writer below it gets
+its next write sent at once."""
 
 
 class BurstWindow:
@@ -47,11 +54,12 @@ class BurstWindow:
 
     async def gather(self, queued: Callable[[], int], full: Callable[[], bool]) -> None:
         """Wait while updates keep arriving (`queued()` grows), at most the current window or
-        until `full()`; then set the next window (doubled if the stream went on, else reset)."""
+        until `full()` (polled windows only); then set the next window (doubled if the stream
+        went on, else reset)."""
         if self.window > FIRST_WINDOW:
             size = queued()
             await asyncio.sleep(self.window)
-            self._next(queued() > size)
+            self._next(queued() - size > STREAM_RATE * self.window)
             return
         deadline = time.monotonic() + self.window
         size = queued()

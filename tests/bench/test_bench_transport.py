@@ -50,7 +50,7 @@ THROUGHPUT_UPDATES = 20_000
 CATCHUP_UPDATES = 50_000
 FANOUT_UPDATES = 10_000
 FANOUT_REPLICAS = 8
-FANOUT_ROUNDS = 3
+FANOUT_ROUNDS = 5
 """Interleaved rounds of our star and our full mesh (the median of each is reported)."""
 FULL_MESH_GOAL = 1.2
 """Fan-out through a full mesh, at most this times the same run's star (issue 12)."""

@@ -131,3 +131,19 @@ async def test_a_writer_flat_out_sends_few_frames_and_a_lone_write_its_own() -> 
         writer.tasks.update(ids[0], title="a lone write")
         await wait_converged(writer, *readers, timeout=10)
         assert [conn.counters["update_frames_out"] for conn in node.connections()] == [n + 1 for n in before]
+
+
+async def test_paced_writes_after_a_flood_bring_the_first_window_back() -> None:
+    window = BurstWindow()
+    window.window = MAX_WINDOW
+    queue: list[bytes] = [b"first"]
+
+    async def paced() -> None:
+        for _ in range(3):
+            await asyncio.sleep(MAX_WINDOW / 4)
+            queue.append(b"u")
+
+    producer = asyncio.create_task(paced())
+    await window.gather(queue.__len__, lambda: False)
+    assert window.window == FIRST_WINDOW, "a few writes per window are not a stream: the next write goes out at once"
+    await producer
