@@ -189,17 +189,29 @@ function settled (conflict, history) {
 
 /** Open task conflicts: pairs of concurrent write records of different writers that set a field to different values. */
 export function readConflicts (doc) {
-  const byRecord = new Map()
+  // Only a record that more than one writer wrote can hold a conflict; its keys (record|writer,
+  // or record|writer|seq in the flat layout) say so before any write record is parsed.
+  const keysByRecord = new Map()
   for (const [key, value] of doc.getMap('tasks_writes').entries()) {
-    const recordId = key.split('|', 1)[0]
-    const items = value instanceof Y.Array
-      ? value.toArray().map((item) => [`${key}|${seqText(item && item.seq)}`, item])
-      : [[key, plain(value)]]
-    for (const [itemKey, raw] of items) {
-      const write = parseWrite(itemKey, raw)
-      if (write === null) continue
-      if (!byRecord.has(recordId)) byRecord.set(recordId, [])
-      byRecord.get(recordId).push(write)
+    const [recordId, writer = ''] = key.split('|', 2)
+    if (!keysByRecord.has(recordId)) keysByRecord.set(recordId, { writers: new Set(), entries: [] })
+    const entry = keysByRecord.get(recordId)
+    entry.writers.add(writer)
+    entry.entries.push([key, value])
+  }
+  const byRecord = new Map()
+  for (const [recordId, { writers, entries }] of keysByRecord) {
+    if (writers.size < 2) continue
+    for (const [key, value] of entries) {
+      const items = value instanceof Y.Array
+        ? value.toArray().map((item) => [`${key}|${seqText(item && item.seq)}`, item])
+        : [[key, plain(value)]]
+      for (const [itemKey, raw] of items) {
+        const write = parseWrite(itemKey, raw)
+        if (write === null) continue
+        if (!byRecord.has(recordId)) byRecord.set(recordId, [])
+        byRecord.get(recordId).push(write)
+      }
     }
   }
   const found = []
