@@ -23,6 +23,7 @@ from transport.hub import Hub, HubLimits, resident_memory
 from transport.rooms import LocalRoomStore
 
 from tests.hub.hubkit import wait_for_line
+from tests.transport.meshkit import free_ports
 
 from .conftest import report, write_task_board
 from .room_clients import write_to_visible
@@ -34,15 +35,6 @@ AGENTSTATE = str(Path(sys.executable).parent / "agentstate")
 WRITES = 300
 LATENCY_GUARD_MS = 1000.0
 """Regression guard: a p99 above this with 100 clients means something broke (measured 20-60 ms)."""
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -62,7 +54,7 @@ def server(args: list[str], ready: str) -> Iterator[subprocess.Popen[str]]:
 
 
 async def test_hub_write_to_visible_beside_serve_and_pycrdt_websocket(tmp_path: Path) -> None:
-    hub_port, serve_port = free_port(), free_port()
+    hub_port, serve_port = free_ports(2)
     figures: dict[str, list[float]] = {}
     with server([AGENTSTATE, "hub", "--data", str(tmp_path / "hub"), "--listen", f"127.0.0.1:{hub_port}"],
                 "ready hub"), \
@@ -153,7 +145,7 @@ async def test_hubs_on_redis_cross_hub_latency_and_scaling(tmp_path: Path) -> No
     redis = RedisServer(tmp_path / "redis", appendfsync="everysec")
     redis.start()
     try:
-        ports = [free_port() for _ in range(4)]
+        ports = free_ports(4)
         with server([AGENTSTATE, "hub", "--data", str(tmp_path / "local"), "--listen", f"127.0.0.1:{ports[0]}"],
                     "ready hub"), \
                 server([AGENTSTATE, "hub", "--redis", redis.url, "--data", str(tmp_path / "h1"), "--listen",

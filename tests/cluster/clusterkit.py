@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from pycrdt import Doc, Map
 
 from replica.statevector import decode_state_vector
 from transport.updates import state_digest
+
+from tests.transport.meshkit import free_ports
 
 T = TypeVar("T")
 
@@ -40,13 +41,6 @@ class Run:
     def json(self) -> Any:
         """stdout parsed as JSON."""
         return json.loads(self.out)
-
-
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
@@ -176,7 +170,7 @@ class Cluster:
 
     def __init__(self, root: Path, count: int, edges: Iterable[tuple[int, int]]) -> None:
         self.root = root
-        self.nodes = [Node(f"n{i}", root, free_port()) for i in range(count)]
+        self.nodes = [Node(f"n{i}", root, port) for i, port in enumerate(free_ports(count))]
         for a, b in edges:
             self.nodes[a].dials.append(self.nodes[b])
         runs = parallel(lambda node: node.cli("init", "--replica-id", node.name), self.nodes)

@@ -23,7 +23,7 @@ from replica.replica import Replica
 from transport.mesh import Mesh
 
 from tests.hub.hubkit import FAST_RECONNECT, HAS_NODE, YjsPeer, wait_for_line
-from tests.transport.meshkit import eventually, free_port
+from tests.transport.meshkit import eventually, free_port, free_ports
 
 from .redisserver import RedisServer
 
@@ -35,8 +35,8 @@ DEADLINE = 60.0
 class HubProcess:
     """`agentstate hub --redis URL` on a free loopback port."""
 
-    def __init__(self, workdir: Path, redis_url: str, name: str) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, redis_url: str, name: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.proc = subprocess.Popen(
             [AGENTSTATE, "hub", "--redis", redis_url, "--data", str(workdir / name), "--listen",
              f"127.0.0.1:{self.port}", "--idle", "2"],
@@ -94,7 +94,7 @@ class Client:
 @asynccontextmanager
 async def hubs(workdir: Path, redis: RedisServer, count: int) -> AsyncIterator[list[HubProcess]]:
     """`count` hub processes on one Redis, stopped afterwards."""
-    started = [HubProcess(workdir, redis.url, f"hub{n}") for n in range(count)]
+    started = [HubProcess(workdir, redis.url, f"hub{n}", port) for n, port in enumerate(free_ports(count))]
     try:
         yield started
     finally:

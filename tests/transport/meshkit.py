@@ -38,9 +38,20 @@ async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0, wh
 
 def free_port() -> int:
     """A loopback TCP port that was free a moment ago (for nodes that must know each other's URL)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback TCP ports that were free a moment ago: probed while all are bound,
+    since probing one at a time may hand out the same port twice."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def node_url(port: int, room: str = "agentstate") -> str:

@@ -15,7 +15,7 @@ from transport.messages import SyncStep1, SyncStep2, SyncUpdate, encode
 
 from tests.transport.meshkit import (
     eventually,
-    free_port,
+    free_ports,
     mesh,
     node_url,
     raw_client,
@@ -30,7 +30,7 @@ SIZE = 8
 
 def full_mesh(replicas: list[Replica]) -> list[Mesh]:
     """One node per replica, each listening and dialing every node before it."""
-    ports = [free_port() for _ in replicas]
+    ports = free_ports(len(replicas))
     return [
         mesh(replica, listen=("127.0.0.1", ports[i]), peers=[node_url(ports[j]) for j in range(i)])
         for i, replica in enumerate(replicas)

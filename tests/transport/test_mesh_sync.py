@@ -25,7 +25,7 @@ from transport.messages import (
 from tests.transport.meshkit import (
     close_code_of,
     eventually,
-    free_port,
+    free_ports,
     mesh,
     node_url,
     peer_replica_ids,
@@ -67,7 +67,7 @@ TOPOLOGIES = {
 async def test_writes_anywhere_reach_everyone(topology: str) -> None:
     edges = TOPOLOGIES[topology]
     count = 1 + max(max(edge) for edge in edges)
-    ports = [free_port() for _ in range(count)]
+    ports = free_ports(count)
     replicas = [Replica.memory(f"r{i}") for i in range(count)]
     nodes = [
         mesh(replica, listen=("127.0.0.1", ports[i]), peers=[node_url(ports[j]) for (k, j) in edges if k == i])
@@ -105,7 +105,7 @@ async def test_relay_through_a_middle_node() -> None:
 
 async def test_one_connection_per_pair_when_both_dial() -> None:
     a, b = Replica.memory("alpha"), Replica.memory("beta")
-    port_a, port_b = free_port(), free_port()
+    port_a, port_b = free_ports(2)
     node_a = mesh(a, listen=("127.0.0.1", port_a), peers=[node_url(port_b)])
     node_b = mesh(b, listen=("127.0.0.1", port_b), peers=[node_url(port_a)])
     async with running(node_a, node_b):
