@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.transport.meshkit import free_port
 
 AGENTSTATE = str(Path(sys.executable).parent / "agentstate")
 CHROMIUM = "/usr/bin/chromium"
@@ -28,13 +29,6 @@ def chromium_path() -> str:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (the board tests drive Debian's browser)")
     return CHROMIUM
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0, every: float = 0.05) -> T:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.board.helpers import artifact_dir, chromium_path, free_port, wait_for
+from tests.board.helpers import artifact_dir, chromium_path, wait_for
+from tests.transport.meshkit import free_port
 
 AGENTSTATE = str(Path(sys.executable).parent / "agentstate")
 WAIT_MS = 30_000

@@ -34,6 +34,8 @@ from transport.claim_protocol import (
 )
 from transport.service import MeshService, mesh_service_factory
 
+from tests.transport.meshkit import free_port
+
 RACES = 200
 TOKEN = "s3cret"
 FAST = {"reconnect_initial": 0.05, "reconnect_max": 0.3}
@@ -46,15 +48,6 @@ async def eventually(predicate: Callable[[], bool], *, timeout: float = 30.0, wh
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the arbiter must come back on the same URL)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def service(replica: Replica, **options: Any) -> MeshService:

@@ -14,15 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.transport.meshkit import free_port
+
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _ping(port: int) -> bool:
