@@ -69,6 +69,8 @@ class Place:
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as the Doc gives values back (an integral float reads as an int)."""
+    if type(a) is str and type(b) is str:
+        return a == b
     return json.dumps(from_doc_number(a), sort_keys=True, default=str) == json.dumps(
         from_doc_number(b), sort_keys=True, default=str
     )

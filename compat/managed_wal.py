@@ -252,31 +252,40 @@ class _WalFile:
         self._inode: Optional[Tuple[int, int]] = None
         self._known_end = -1
         self._depth = 0
-        self._lock_fd: Optional[int] = None
+        self._wal_path = str(wal_file)
         wal_dir.mkdir(parents=True, exist_ok=True)
         self._users_fd: Optional[int] = os.open(wal_dir / USERS_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+        self._lock_fd: Optional[int] = os.open(wal_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _enter(self) -> None:
+        """Take the thread lock, then (outermost only) ``.wal.lock`` on the descriptor kept open for it."""
+        self.lock.acquire()
+        if self._depth == 0:
+            assert self._lock_fd is not None, "the shared WAL file is closed"
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            except BaseException:
+                self.lock.release()
+                raise
+        self._depth += 1
+
+    def _leave(self) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self.lock.release()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the thread lock and ``.wal.lock`` (reentrant); appends from every process serialise here."""
-        with self.lock:
-            if self._depth == 0:
-                fd = os.open(self.wal_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self._lock_fd = fd
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0 and self._lock_fd is not None:
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
 
     @contextmanager
     def alone(self) -> Iterator[bool]:
@@ -300,14 +309,14 @@ class _WalFile:
         handle = self._handle
         if handle is not None:
             try:
-                info = os.stat(self.wal_file)
+                info = os.stat(self._wal_path)
                 if (info.st_dev, info.st_ino) == self._inode:
                     return self._caught_up(handle)
             except FileNotFoundError:
                 pass
             handle.close()
             self._handle = None
-        handle = open(self.wal_file, "ab+", buffering=0)
+        handle = open(self._wal_path, "ab+", buffering=0)
         info = os.fstat(handle.fileno())
         self._inode = (info.st_dev, info.st_ino)
         self._known_end = -1
@@ -315,37 +324,43 @@ class _WalFile:
         return self._caught_up(handle)
 
     def _caught_up(self, handle: Any) -> Any:
-        """Continue the sequence after lines other processes appended, and end a torn line."""
+        """Continue the sequence after lines other processes appended, and end a torn line.
+
+        Leaves ``_known_end`` at the file's end as found, so the append can tell its own end."""
         end = os.fstat(handle.fileno()).st_size
         if end != self._known_end:
             if end > 0:
                 self.sequence = max(self.sequence, _tail_seq(handle.fileno(), end))
                 if os.pread(handle.fileno(), 1, end - 1) != b"\n":
-                    handle.write(b"\n")
-            self._known_end = -1
+                    end += handle.write(b"\n") or 0
+            self._known_end = end
         return handle
 
-    def _appended(self, handle: Any) -> None:
-        self._known_end = os.fstat(handle.fileno()).st_size
+    def _write(self, handle: Any, line: bytes) -> None:
+        """Append ``line``; the file ends where this process left it unless another one appends (O_APPEND)."""
+        self._known_end += handle.write(line) or 0
 
     def append(self, line: bytes) -> None:
         """Append one complete line (no fsync)."""
-        with self.exclusive():
-            handle = self._open()
-            handle.write(line)
-            self._appended(handle)
+        self._enter()
+        try:
+            self._write(self._open(), line)
+        finally:
+            self._leave()
 
     def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
         """Append one entry with the next sequence number (of all processes) and return it."""
-        with self.exclusive():
+        self._enter()
+        try:
             handle = self._open()
             self.sequence += 1
             body = {"seq": self.sequence, "ts": utc_now_iso(), "tx": tx_id, "op": operation, "data": data}
             canonical = canonical_bytes(body)
             checksum = hashlib.sha256(canonical).hexdigest()[:DEFAULT_TRUNCATE]
-            handle.write(canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n')
-            self._appended(handle)
+            self._write(handle, canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n')
             return self.sequence
+        finally:
+            self._leave()
 
     def next_seq(self) -> int:
         """Take the next sequence number and persist it."""
@@ -396,6 +411,9 @@ class _WalFile:
                 if self._users_fd is not None:
                     os.close(self._users_fd)
                     self._users_fd = None
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
 
 
 _FILES: "RefCountedRegistry[Path, _WalFile]" = RefCountedRegistry("the shared WAL file", _WalFile.close)

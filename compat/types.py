@@ -7,9 +7,10 @@ Field names, defaults and validation match the old types exactly, because
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, FrozenSet, List, Mapping, Type, TypeVar
+from typing import Any, Dict, FrozenSet, List, Mapping, Tuple, Type, TypeVar
 
 from compat.checksums import compute_checksum
 from compat.errors import ValidationError
@@ -92,6 +93,16 @@ def _check_unit_interval(name: str, value: float) -> None:
         raise ValidationError(f"{name} must be in [0.0, 1.0], got {value}", **{name: value})
 
 
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+"""Field value types ``to_dict`` hands out as they are: nothing to copy."""
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> Tuple[str, ...]:
+    """A dataclass's field names in order (``fields()`` rebuilds the list on every call)."""
+    return tuple(f.name for f in fields(cls))
+
+
 @dataclass
 class Entity:
     """Base record of the store: id, type, version and UTC timestamps."""
@@ -104,7 +115,12 @@ class Entity:
 
     def to_dict(self) -> Dict[str, Any]:
         """All fields as a JSON-ready dict (deep copies); the checksum is taken over it."""
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        values = self.__dict__
+        return {
+            name: value if type(value) in _IMMUTABLE else copy.deepcopy(value)
+            for name in _field_names(type(self))
+            for value in (values[name],)
+        }
 
     @classmethod
     def from_dict(cls: Type[E], data: Mapping[str, Any]) -> E:

@@ -406,12 +406,13 @@ class ReplicaEntities:
         self._version = (updates, value)
         return value
 
-    def _count_commit(self) -> None:
-        """Add this commit to the global version (inside its write scope) and keep the cached value right.
+    def _count_commit(self, version: int) -> None:
+        """Add this commit to the global version (inside its write scope, which read it as ``version - 1``).
 
-        The scope's transaction ends with exactly one update, which advances ``_updates`` by one."""
-        value = self.replica.counters.incr(VERSION_COUNTER)
-        self._version = (self._updates + 1, value)
+        The scope's transaction ends with exactly one update, which advances ``_updates`` by one,
+        so the cached value stays right without summing the counter's slots again."""
+        self.replica.counters.bump(VERSION_COUNTER)
+        self._version = (self._updates + 1, version)
 
     def add_versions(self, count: int) -> None:
         """Raise the global version by ``count`` (migration sets it to the old store's value)."""
@@ -822,7 +823,7 @@ class ReplicaEntities:
                     self.board.put(item.data, previous)
                 else:
                     self._off_board(previous)
-            self._count_commit()
+            self._count_commit(version)
         for item in prepared:
             item.entity.version = item.bumped.version
             item.entity.modified_at = item.bumped.modified_at
@@ -867,7 +868,7 @@ class ReplicaEntities:
                 return False, self.replica.last_lsn
             version = self.current_version() + 1
             self.delete_raw(entity_id, version=version)
-            self._count_commit()
+            self._count_commit(version)
         return True, self.replica.last_lsn
 
     def delete_raw(self, entity_id: str, *, version: int, resolves: Iterable[str] = ()) -> None:
@@ -927,7 +928,7 @@ class ReplicaEntities:
                     self._note_write(
                         entity_id, self.records.delete(entity_id, base=base, resolves=(conflict.id,), version=version)
                     )
-                self._count_commit()
+                self._count_commit(version)
                 resolved: Optional[Entity] = None
             else:
                 place = self.place(entity_id) if current is not None else None
@@ -949,7 +950,7 @@ class ReplicaEntities:
                     entity_id, self.records.put(entity_id, body, base=base, resolves=(conflict.id,), version=version)
                 )
                 self.board.put(item.data, current)
-                self._count_commit()
+                self._count_commit(version)
                 resolved = item.bumped
         return resolved, self.replica.last_lsn
 

@@ -133,7 +133,7 @@ class Counters:
             total += amounts[0] - amounts[1]
         return total, bad, exists
 
-    def _add(self, name: str, field: str, by: int) -> int:
+    def _add(self, name: str, field: str, by: int, *, total: bool = True) -> int | None:
         check_id("counter", name, "name")
         amount = _amount(by)
         with self._access.write():
@@ -144,15 +144,23 @@ class Counters:
             else:
                 n += amount
             self._root[key] = {"p": store_value(p), "n": store_value(n)}
-            return self._total(name)[0]
+            return self._total(name)[0] if total else None
 
     def incr(self, name: str, by: int = 1) -> int:
         """Add `by` (a positive integer) and return the new value."""
-        return self._add(name, "p", by)
+        value = self._add(name, "p", by)
+        assert value is not None
+        return value
+
+    def bump(self, name: str, by: int = 1) -> None:
+        """Add `by` without summing the counter's slots again, for a caller that knows the value already."""
+        self._add(name, "p", by, total=False)
 
     def decr(self, name: str, by: int = 1) -> int:
         """Subtract `by` (a positive integer) and return the new value."""
-        return self._add(name, "n", by)
+        value = self._add(name, "n", by)
+        assert value is not None
+        return value
 
     def value(self, name: str) -> int:
         """The counter's exact value; 0 for a counter never touched. Junk slots are ignored."""

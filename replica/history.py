@@ -127,7 +127,15 @@ def join(clocks: Iterable[Clock]) -> Clock:
     return out
 
 
+_EXACT = frozenset({str, int, bool, type(None)})
+"""Types whose values are equal exactly when their JSON is: compared without encoding."""
+
+
 def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON (so 1 and 1.0 differ, key order does not matter)."""
+    kind = type(a)
+    if kind is type(b) and kind in _EXACT:
+        return bool(a == b)
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 

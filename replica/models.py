@@ -67,12 +67,52 @@ def iso_now() -> str:
     return f"{prefix}.{int((now - second) * 1_000_000):06d}+00:00"
 
 
+class _NotPlainJson(Exception):
+    """Raised by `_plain_copy` at the first value it does not take as is."""
+
+
+def _plain_copy(value: Any, depth: int) -> Any:
+    """A copy of `value` when it is made only of exact builtin JSON types (no paths built: the common case)."""
+    if depth > 32:
+        raise _NotPlainJson
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int:
+        if -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            return value
+        raise _NotPlainJson
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise _NotPlainJson
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NotPlainJson
+            out[k] = v if type(v) is str and depth < 32 else _plain_copy(v, depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        return [_plain_copy(v, depth + 1) for v in value]
+    raise _NotPlainJson
+
+
 def check_json(value: Any, path: str, depth: int = 0) -> Any:
     """Return `value` if it is JSON the Doc can hold exactly, else raise ValueError naming `path`.
 
     Integers beyond +-2**53 are refused: Yjs carries numbers as doubles, so they would not
-    come back exact from a peer.
+    come back exact from a peer. The fast walk builds no paths; anything it does not take
+    (subclasses of the JSON types, or a value to refuse) goes the slow way, which names it.
     """
+    try:
+        return _plain_copy(value, depth)
+    except _NotPlainJson:
+        return _explained(value, path, depth)
+
+
+def _explained(value: Any, path: str, depth: int) -> Any:
+    """`check_json` the slow way: isinstance checks and the path of every value, to name what is wrong."""
     if depth > 32:
         raise ValueError(f"{path}: nested more than 32 levels deep")
     if value is None or isinstance(value, (bool, str)):
@@ -86,13 +126,13 @@ def check_json(value: Any, path: str, depth: int = 0) -> Any:
             raise ValueError(f"{path}: {value} is not a finite number")
         return value
     if isinstance(value, (list, tuple)):
-        return [check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return [_explained(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueError(f"{path}: key {k!r} is not a string")
-            out[k] = check_json(v, f"{path}.{k}", depth + 1)
+            out[k] = _explained(v, f"{path}.{k}", depth + 1)
         return out
     raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
 

@@ -13,6 +13,7 @@ import pytest
 import compat
 from compat.checksums import compute_checksum
 from compat.config import DurabilityMode
+from compat.managed_wal import ManagedWAL
 from compat.wal import TransactionWALEntry, WALManager
 from tests.compat.conftest import Child
 
@@ -421,3 +422,42 @@ def test_processes_appending_to_one_wal(tmp_path: Path, spawn: Callable[..., Chi
     for name in ("P0", "P1", "P2"):
         mine = [entry["tx"] for entry in entries if entry["tx"].startswith(name)]
         assert mine == [f"{name}-{i}" for i in range(60)]
+
+
+MANAGED_WAL_WORKER = r"""
+import sys
+from compat.managed_wal import ManagedWAL
+
+wal = ManagedWAL(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(int(sys.argv[2])):
+    wal.log_tx_begin(f"{sys.argv[3]}-{i}", i)
+wal.close()
+print("done", flush=True)
+"""
+
+
+def test_managed_wals_of_several_processes_keep_one_sequence(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    """A ManagedWAL keeps its lock descriptor and the file's end between appends: lines other processes
+    append in between are seen, the sequence continues after them, and no line is torn or lost."""
+    here = ManagedWAL(tmp_path)
+    workers = [spawn(MANAGED_WAL_WORKER, str(tmp_path), "60", f"P{n}") for n in range(2)]
+    for worker in workers:
+        worker.expect("ready")
+    for worker in workers:
+        worker.send("go")
+    for i in range(60):
+        here.log_tx_begin(f"H-{i}", i)
+    for worker in workers:
+        worker.expect("done", timeout=60)
+        assert worker.finish() == 0
+    here.log_tx_begin("H-last", 0)
+    here.close()
+    entries = WALManager(tmp_path).replay()
+    assert len(entries) == 181 == len(_lines(WALManager(tmp_path)))
+    assert [entry["seq"] for entry in entries] == list(range(1, 182))
+    for name, count in (("P0", 60), ("P1", 60), ("H", 60)):
+        mine = [entry["tx"] for entry in entries if entry["tx"].startswith(f"{name}-") and entry["tx"] != "H-last"]
+        assert mine == [f"{name}-{i}" for i in range(count)]
+    assert entries[-1]["tx"] == "H-last"

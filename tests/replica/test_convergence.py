@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -340,6 +341,19 @@ def test_concurrent_first_increments_of_a_new_counter_all_count() -> None:
     exchange(a, b)
     assert a.counters.value("x") == b.counters.value("x") == 12
     assert a.counters.all() == b.counters.all() == {"x": 12}
+
+
+def test_bump_adds_like_incr_without_reading_the_total_back() -> None:
+    """`bump` (compat's commit counter) writes the same slot as `incr`, so both replicas agree on the sum."""
+    a, b = Replica.memory(), Replica.memory()
+    assert a.counters.bump("v") is None
+    a.counters.bump("v", 4)
+    b.counters.incr("v", 2)
+    exchange(a, b)
+    assert a.counters.value("v") == b.counters.value("v") == 7
+    with pytest.raises(FieldError):
+        a.counters.bump("v", 0)
+    assert a.counters.value("v") == 7
 
 
 def test_many_replicas_concurrent_counter_increments_add_up_exactly() -> None:
