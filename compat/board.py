@@ -33,6 +33,7 @@ from replica.models import Edge as BoardEdge
 from replica.models import Node as BoardNode
 from replica.models import Task as BoardTask
 from replica.models import check_id, edge_key, from_doc_number, validate_field
+from replica.history import json_equal
 from replica.schema import EDGES, observe_keys
 
 BASE_FIELDS = ("id", "entity_type", "version", "created_at", "modified_at")
@@ -71,9 +72,11 @@ def _same(a: Any, b: Any) -> bool:
     """Equal as the Doc gives values back (an integral float reads as an int)."""
     if type(a) is str and type(b) is str:
         return a == b
-    return json.dumps(from_doc_number(a), sort_keys=True, default=str) == json.dumps(
-        from_doc_number(b), sort_keys=True, default=str
-    )
+    a, b = from_doc_number(a), from_doc_number(b)
+    verdict = json_equal(a, b)
+    if verdict is not None:
+        return verdict
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _has_title(entity_type: str) -> bool:

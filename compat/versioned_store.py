@@ -818,7 +818,9 @@ class ReplicaEntities:
                 if base is None:
                     base = self.base_clock(entity_id)
                 previous = self.records.get(entity_id)
-                self._note_write(entity_id, self.records.put(entity_id, body, base=base, version=version))
+                self._note_write(
+                    entity_id, self.records.put(entity_id, body, base=base, version=version, current=previous)
+                )
                 if item.on_board:
                     self.board.put(item.data, previous)
                 else:

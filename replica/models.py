@@ -138,9 +138,21 @@ def _explained(value: Any, path: str, depth: int) -> Any:
 
 
 def from_doc_number(value: Any) -> Any:
-    """Undo Yjs's number widening: integral doubles within +-2**53 come back as int."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INT:
-        return int(value)
+    """Undo Yjs's number widening: integral doubles within +-2**53 come back as int.
+
+    Strings, the most common leaves, are handed back without a call; subclasses of list,
+    dict and float are treated like the builtins (isinstance), as they always were."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is dict:
+        return {k: v if type(v) is str else from_doc_number(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) is str else from_doc_number(v) for v in value]
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= MAX_SAFE_INT:
+            return int(value)
+        return value
     if isinstance(value, list):
         return [from_doc_number(v) for v in value]
     if isinstance(value, dict):

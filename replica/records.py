@@ -22,7 +22,7 @@ from pycrdt import Map
 from .errors import FieldError, NotFoundError
 from .history import Clock, FieldConflict, WriteHistory, WriteRecord, _same, conflict_id, join
 from .models import check_id, check_json
-from .schema import plain
+from .schema import get_entry, plain
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -57,10 +57,10 @@ class Records:
     def get(self, record_id: str) -> dict[str, Any] | None:
         """The record's current fields (merged across replicas), or None."""
         with self._access.read():
-            entry = self._root.get(record_id)
-            if entry is None:
-                return None
-            return plain(entry) if isinstance(entry, Map) else {"__invalid__": plain(entry)}
+            is_map, value = get_entry(self._root, record_id)
+            if is_map:
+                return value if isinstance(value, dict) else {"__invalid__": value}
+            return None if value is None else {"__invalid__": plain(value)}
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Every record, by id."""
@@ -76,11 +76,13 @@ class Records:
         return self._history.clock(record_id)
 
     def put(self, record_id: str, data: dict[str, Any], *, base: Clock | None = None,
-            resolves: Iterable[str] = (), version: int | None = None) -> WriteRecord:
+            resolves: Iterable[str] = (), version: int | None = None,
+            current: dict[str, Any] | None = None) -> WriteRecord:
         """Write the fields of `data` that differ from the current record, plus a write record.
 
         Only changed fields are written, so another replica's edits of other fields survive.
-        `base` is the clock seen when the caller read the record (default: now).
+        `base` is the clock seen when the caller read the record (default: now). `current` is
+        what `get` returned inside the caller's same write scope, to spare reading it again.
         """
         check_id(self.name, record_id)
         try:
@@ -89,7 +91,10 @@ class Records:
             raise FieldError(self.name, "data", str(exc)) from None
         with self._access.write():
             entry = self._root.get(record_id)
-            current = plain(entry) if isinstance(entry, Map) else {}
+            if not isinstance(entry, Map):
+                current = {}
+            elif current is None or "__invalid__" in current:
+                current = plain(entry)
             changed = {k: v for k, v in data.items() if k not in current or not _same(current[k], v)}
             removed = [k for k in current if k not in data]
             if not isinstance(entry, Map):

@@ -50,6 +50,29 @@ def record_dict(ymap: Any) -> dict[str, Any]:
     return {}
 
 
+def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
+    """`(True, plain value)` when `key` holds a Y.Map, else `(False, the entry)` (None when absent).
+
+    One transaction and no Python wrapper for a map entry: pycrdt's `get` opens three
+    transactions and wraps the entry before `plain` renders it, which cost twice the read.
+    """
+    try:
+        with ymap.doc.transaction() as txn:
+            raw, integrated = txn._txn, ymap.integrated
+            if not integrated.has(raw, key):
+                return False, None
+            value = integrated.get(raw, key)
+            if isinstance(value, _IntegratedMap):
+                try:
+                    return True, from_doc_number(json.loads(value.to_json(raw)))
+                except ValueError:
+                    pass
+    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
+        pass
+    entry = ymap.get(key)
+    return (True, plain(entry)) if isinstance(entry, Map) else (False, entry)
+
+
 def record_dicts(ymap: Map, doc: Doc) -> list[tuple[str, dict[str, Any] | None]]:
     """Every entry of a root map as (key, plain dict), or (key, None) where the entry is not a Y.Map.
 

@@ -27,7 +27,7 @@ from .models import (
     utc_now,
     validate_field,
 )
-from .schema import MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, plain, record_dict, record_dicts
+from .schema import MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, plain, record_dict, record_dicts
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -318,8 +318,10 @@ class TaskBoard:
     def raw(self, task_id: str) -> dict[str, Any] | None:
         """The task's stored fields as plain values (unvalidated), or None when absent or not a map."""
         with self._access.read():
-            entry = self._root.get(task_id)
-            return record_dict(entry) if isinstance(entry, Map) else None
+            is_map, value = get_entry(self._root, task_id)
+        if not is_map:
+            return None
+        return value if isinstance(value, dict) else {}
 
     def ids(self) -> list[str]:
         """Ids of every stored task (valid or not)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 import pytest
@@ -76,3 +77,25 @@ def test_the_result_is_a_copy_with_tuples_as_lists() -> None:
     checked = check_json(value, "data")
     assert checked == {"a": {"x": [1, 2]}, "t": [1, "b"]}
     assert checked["a"] is not inner and checked["a"]["x"] is not inner["x"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON, JSON)
+def test_json_equal_agrees_with_encoding(a: Any, b: Any) -> None:
+    """The field comparison of write records: decided without encoding, it must agree with the encoding."""
+    from replica.history import _same, json_equal
+
+    encoded = json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+    verdict = json_equal(a, b)
+    assert verdict is None or verdict == encoded
+    assert _same(a, b) == encoded
+    assert json_equal(a, a) in (True, None) and _same(a, a)
+
+
+def test_json_equal_tells_numbers_apart_as_json_does() -> None:
+    from replica.history import json_equal
+
+    assert json_equal(1, 1.0) is False and json_equal(True, 1) is False and json_equal(0.0, -0.0) is False
+    assert json_equal({"a": [1, {"b": None}]}, {"a": [1, {"b": None}]}) is True
+    assert json_equal({"a": 1}, {"a": 1, "b": 2}) is False
+    assert json_equal((1,), [1]) is None and json_equal({1: 2}, {1: 2}) is None
