@@ -150,8 +150,19 @@ def _base_kwargs(data: Mapping[str, Any], entity_id: str, **extra: Any) -> Dict[
 
 def _own_kwargs(cls: Type[Entity], data: Mapping[str, Any]) -> Dict[str, Any]:
     """The subclass-specific fields present in ``data`` (absent ones take their defaults)."""
-    base = {f.name for f in fields(Entity)}
-    return {f.name: copy.deepcopy(data[f.name]) for f in fields(cls) if f.name not in base and f.name in data}
+    return {
+        name: value if type(value) in _IMMUTABLE else copy.deepcopy(value)
+        for name in _own_field_names(cls)
+        if name in data
+        for value in (data[name],)
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _own_field_names(cls: type) -> Tuple[str, ...]:
+    """The fields a subclass adds to :class:`Entity`, in order."""
+    base = set(_field_names(Entity))
+    return tuple(name for name in _field_names(cls) if name not in base)
 
 
 @dataclass

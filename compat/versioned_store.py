@@ -17,6 +17,7 @@ transaction cannot be rolled back.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -264,11 +265,17 @@ class _Prepared:
 
 def _restore_floats(entity: Entity) -> Entity:
     """Give float fields back their type (Yjs returns an integral double such as 1.0 as int)."""
-    for spec in fields(entity):
-        value = getattr(entity, spec.name)
-        if spec.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
-            setattr(entity, spec.name, float(value))
+    for name in _float_fields(type(entity)):
+        value = getattr(entity, name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(entity, name, float(value))
     return entity
+
+
+@functools.lru_cache(maxsize=None)
+def _float_fields(cls: type) -> Tuple[str, ...]:
+    """The names of a dataclass's fields declared float."""
+    return tuple(spec.name for spec in fields(cls) if spec.type in ("float", float))
 
 
 def stored_checksum(data: Mapping[str, Any]) -> str:

@@ -176,21 +176,24 @@ def old_source() -> Optional[Path]:
 
 def run_commit_processes(system: str, got: Path, mode: str, kind: str, processes: int, count: int, *,
                          limit: float = 60.0) -> CommitRun:
-    """Run `processes` fresh processes of `system` ("ours" or "old") committing `kind` ("create" or "modify").
+    """Run `processes` fresh processes of `system` ("ours", "old" or "floor") committing `kind` ("create" or "modify").
 
     Each process opens a TransactionManager on `got` in `mode` (a DurabilityMode name), waits
     until every process is ready, then tries `count` creates (or makes `count` read-modify
-    commits, retrying conflicts) within `limit` seconds; opening is not timed."""
+    commits, retrying conflicts) within `limit` seconds; opening is not timed. "floor" runs
+    floor_worker.py: the same writes made with raw pycrdt and os calls, and nothing else."""
     env = dict(os.environ)
     cwd = REPO
-    if system == "old":
+    script = ["-c", _COMMIT_WORKER, system]
+    if system == "floor":
+        script = [str(Path(__file__).with_name("floor_worker.py"))]
+    elif system == "old":
         source = old_source()
         assert source is not None, f"{OLD_SRC_VARIABLE} is not set"
         env["PYTHONPATH"] = str(source)
         cwd = got.parent
     got.parent.mkdir(parents=True, exist_ok=True)
-    workers = [subprocess.Popen([sys.executable, "-c", _COMMIT_WORKER, system, str(got), mode, kind, str(count),
-                                 f"p{n}", str(limit)],
+    workers = [subprocess.Popen([sys.executable, *script, str(got), mode, kind, str(count), f"p{n}", str(limit)],
                                 cwd=str(cwd), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
                for n in range(processes)]

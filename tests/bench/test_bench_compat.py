@@ -218,9 +218,13 @@ def test_graph_wal_log_add_node(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 def test_commits_in_a_new_process_against_the_older_system(tmp_path: Path, mode: DurabilityMode, kind: str) -> None:
-    """Fresh process each, COMMITS commits, ROUNDS rounds; the older system interleaved when its source is given."""
+    """Fresh process each, COMMITS commits, ROUNDS rounds; the older system interleaved when its source is given.
+
+    The floor (floor_worker.py: the same writes with raw pycrdt and os calls, no checks, no
+    locks) is measured in the same rounds: where it is itself under 10x the older system, the
+    goal is out of reach for any implementation on pycrdt on this disk, and the line says so."""
     measure_old = old_source() is not None
-    ours, old = [], []
+    ours, old, floor = [], [], []
     for round_ in range(ROUNDS):
         if measure_old:
             old.append(run_commit_processes("old", tmp_path / f"old-{round_}" / "got", mode.name, kind, 1,
@@ -228,12 +232,22 @@ def test_commits_in_a_new_process_against_the_older_system(tmp_path: Path, mode:
         run = run_commit_processes("ours", tmp_path / f"ours-{round_}" / "got", mode.name, kind, 1, COMMITS)
         assert run.ok == COMMITS, run.reasons
         ours.append(run.rate)
+        floor.append(run_commit_processes("floor", tmp_path / f"floor-{round_}" / "got", mode.name, kind, 1,
+                                          COMMITS).rate)
     rate = statistics.median(ours)
+    bottom = statistics.median(floor)
     baseline = statistics.median(old) if measure_old else OLD_NEW_PROCESS[(kind, mode)]
     name = "older system, same run" if measure_old else f"older system ({CONSTANT})"
-    ratio = report_goal(f"{KINDS[kind]}/s, {mode.name}, 1 new process", rate, baseline, "commit/s", goal=">= 10x",
-                        met=rate >= 10 * baseline, baseline_name=name)
+    reachable = bottom >= 10 * baseline
+    ratio = report_goal(f"{KINDS[kind]}/s, {mode.name}, 1 new process", rate, baseline, "commit/s",
+                        goal=">= 10x" if reachable else ">= 10x, floor below it", met=rate >= 10 * baseline,
+                        baseline_name=name)
+    report(f"{KINDS[kind]}/s, {mode.name}, floor (raw pycrdt, same writes)", bottom, baseline, "commit/s",
+           goal="the most any implementation on pycrdt reaches here", baseline_name=name)
+    note(f"{KINDS[kind]}, {mode.name}, new process: ours {rate / bottom:.2f} of the floor; 10x the older system "
+         + ("lies under the floor" if reachable else f"lies above the floor ({10 * baseline:,.0f} > {bottom:,.0f}/s): "
+            "out of reach on this machine"))
     if measure_old:
-        note(f"{KINDS[kind]}, {mode.name}, new process, rounds (older system / ours): "
-             + ", ".join(f"{o:,.0f} / {u:,.0f}" for o, u in zip(old, ours)) + f"; {ratio:.1f}x")
+        note(f"{KINDS[kind]}, {mode.name}, new process, rounds (older system / ours / floor): "
+             + ", ".join(f"{o:,.0f} / {u:,.0f} / {f:,.0f}" for o, u, f in zip(old, ours, floor)) + f"; {ratio:.1f}x")
         assert rate > baseline, "compat commits no faster than the older system in the same run"
