@@ -35,6 +35,7 @@ from compat.wal import (
     TransactionWALEntry,
     WALManager,
     _is_legacy_line,
+    _tail_seq,
     retire_wal_file,
 )
 
@@ -211,29 +212,6 @@ def scan_wal(wal_file: Union[str, Path]) -> WalScan:
 USERS_FILE_NAME = ".wal.users"
 """Held shared (flock) by every process with the WAL open; exclusively only by one that is alone."""
 
-_TAIL_BYTES = 4096
-
-
-def _tail_seq(fd: int, end: int) -> int:
-    """The seq of the last complete entry line before ``end`` (0 if none is found near the end)."""
-    span = _TAIL_BYTES
-    while True:
-        start = max(0, end - span)
-        chunk = os.pread(fd, end - start, start)
-        lines = chunk.split(b"\n")
-        complete = lines[1:-1] if start > 0 else lines[:-1]
-        for line in reversed(complete):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict) and isinstance(value.get("seq"), int):
-                return int(value["seq"])
-        if start == 0 or span >= 1 << 20:
-            return 0
-        span *= 4
-
-
 class _WalFile:
     """The open WAL of one directory in this process: file, sequence and locks shared by its ManagedWALs.
 
@@ -305,13 +283,15 @@ class _WalFile:
                 fcntl.flock(fd, fcntl.LOCK_SH)
 
     def _open(self) -> Any:
-        """The append handle, reopened if the file was removed or replaced meanwhile (``exclusive`` held)."""
+        """The append handle, reopened if the file was removed or replaced meanwhile (``exclusive`` held).
+
+        One ``stat`` of the path tells both: whether it is still our file, and where it ends."""
         handle = self._handle
         if handle is not None:
             try:
                 info = os.stat(self._wal_path)
                 if (info.st_dev, info.st_ino) == self._inode:
-                    return self._caught_up(handle)
+                    return self._caught_up(handle, info.st_size)
             except FileNotFoundError:
                 pass
             handle.close()
@@ -321,13 +301,13 @@ class _WalFile:
         self._inode = (info.st_dev, info.st_ino)
         self._known_end = -1
         self._handle = handle
-        return self._caught_up(handle)
+        return self._caught_up(handle, info.st_size)
 
-    def _caught_up(self, handle: Any) -> Any:
+    def _caught_up(self, handle: Any, end: int) -> Any:
         """Continue the sequence after lines other processes appended, and end a torn line.
 
-        Leaves ``_known_end`` at the file's end as found, so the append can tell its own end."""
-        end = os.fstat(handle.fileno()).st_size
+        ``end`` is the file's size as just found; ``_known_end`` is left there, so the append
+        can tell its own end."""
         if end != self._known_end:
             if end > 0:
                 self.sequence = max(self.sequence, _tail_seq(handle.fileno(), end))

@@ -7,10 +7,11 @@ transaction manager enforces the state transitions.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from compat.types import Entity
 
@@ -25,9 +26,19 @@ class TransactionState(Enum):
     ROLLED_BACK = "rolled_back"
 
 
+_stamp: Tuple[int, str] = (-1, "")
+
+
 def generate_transaction_id() -> str:
-    """A new id ``TX-YYYYMMDD-HHMMSS-xxxxxxxx``: UTC time plus 8 hex characters of secure randomness."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    """A new id ``TX-YYYYMMDD-HHMMSS-xxxxxxxx``: UTC time plus 8 hex characters of secure randomness.
+
+    The time part is formatted once per second."""
+    global _stamp
+    second = int(time.time())
+    cached, stamp = _stamp
+    if second != cached:
+        stamp = datetime.fromtimestamp(second, timezone.utc).strftime("%Y%m%d-%H%M%S")
+        _stamp = (second, stamp)
     return f"TX-{stamp}-{secrets.token_hex(4)}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, FrozenSet, List, Mapping, Tuple, Type, TypeVar
@@ -64,9 +65,21 @@ EPIC_STATUSES: FrozenSet[str] = frozenset({"active", "completed", "on_hold"})
 HANDOFF_STATUSES: FrozenSet[str] = frozenset({"initiated", "accepted", "completed", "rejected"})
 
 
+_second: Tuple[int, str] = (-1, "")
+
+
 def utc_now_iso() -> str:
-    """Current time as an ISO-8601 string from the timezone-aware UTC clock."""
-    return datetime.now(timezone.utc).isoformat()
+    """Current time as an ISO-8601 string from the UTC clock, as ``datetime.now(timezone.utc).isoformat()``.
+
+    The date and time of day are formatted once per second (several calls per commit)."""
+    global _second
+    micros = time.time_ns() // 1000
+    second, fraction = divmod(micros, 1_000_000)
+    cached, prefix = _second
+    if second != cached:
+        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (second, prefix)
+    return f"{prefix}.{fraction:06d}+00:00" if fraction else f"{prefix}+00:00"
 
 
 def _later_than(previous: str) -> str:

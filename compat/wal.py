@@ -105,6 +105,29 @@ def retire_wal_file(wal_file: Path, archive_dir: Path, archive: bool) -> Optiona
     return target
 
 
+_LAST_LINE_BYTES = 4096
+
+
+def _tail_seq(fd: int, end: int) -> int:
+    """The seq of the last complete entry line before ``end`` (0 if none is found near the end)."""
+    span = _LAST_LINE_BYTES
+    while True:
+        start = max(0, end - span)
+        chunk = os.pread(fd, end - start, start)
+        lines = chunk.split(b"\n")
+        complete = lines[1:-1] if start > 0 else lines[:-1]
+        for line in reversed(complete):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict) and isinstance(value.get("seq"), int):
+                return int(value["seq"])
+        if start == 0 or span >= 1 << 20:
+            return 0
+        span *= 4
+
+
 class WALManager:
     """Append-only transaction log in ``wal_dir`` with replay and crash-state queries.
 
@@ -170,7 +193,7 @@ class WALManager:
     def _next_seq(self) -> int:
         """Advance the sequence (never below what another writer persisted), persist it and return it."""
         with self._exclusive():
-            self._sequence = max(self._sequence, self._read_sequence_file()) + 1
+            self._sequence = max(self._sequence, self._read_sequence_file(), self._seq_at_end()) + 1
             self._write_sequence_file(self._sequence)
             return self._sequence
 
@@ -258,6 +281,15 @@ class WALManager:
             if self.durability.fsync_every_append:
                 os.fsync(handle.fileno())
         os.replace(tmp, self.seq_file)
+
+    def _seq_at_end(self) -> int:
+        """The seq of the WAL's last line: a managed WAL (the transaction manager's) persists the
+        sequence file only when it closes, so the file alone may lag behind its lines."""
+        try:
+            with open(self.wal_file, "rb") as handle:
+                return _tail_seq(handle.fileno(), os.fstat(handle.fileno()).st_size)
+        except OSError:
+            return 0
 
     def _last_logged_seq(self) -> int:
         """Highest seq among the valid lines at the end of the WAL (guards against a lost sequence file)."""

@@ -461,3 +461,14 @@ def test_managed_wals_of_several_processes_keep_one_sequence(tmp_path: Path, spa
         mine = [entry["tx"] for entry in entries if entry["tx"].startswith(f"{name}-") and entry["tx"] != "H-last"]
         assert mine == [f"{name}-{i}" for i in range(count)]
     assert entries[-1]["tx"] == "H-last"
+
+
+def test_a_plain_wal_and_a_managed_one_share_one_sequence(tmp_path: Path) -> None:
+    """The managed WAL persists the sequence file only when it closes; a plain WALManager appending
+    meanwhile continues from the last line, not from that file, so no seq is used twice."""
+    managed, plain = ManagedWAL(tmp_path), WALManager(tmp_path)
+    seqs = [managed.log_tx_begin("a", 0), plain.log_tx_begin("b", 0), managed.log_tx_begin("c", 0),
+            plain.log_tx_begin("d", 0)]
+    managed.close()
+    assert seqs == [1, 2, 3, 4]
+    assert [entry["seq"] for entry in WALManager(tmp_path).replay()] == [1, 2, 3, 4]
