@@ -698,8 +698,14 @@ class UpdateLog:
     def _cut_torn(self, segment: _OpenSegment) -> None:
         """Zero the header of a record a dead writer left unpublished at the end, and report it.
 
-        Read from the file (another process may have extended it past this one's map)."""
-        tail = os.pread(segment.fd, FRAME_HEADER_SIZE, segment.end)
+        Read through this process's map when it covers the spot (no system call: `_follow_head`
+        has just checked the file is not shorter than the map), else from the file (another
+        process may have extended it past this one's map)."""
+        mm, at = segment.mm, segment.end
+        if mm is not None and at + FRAME_HEADER_SIZE <= len(mm):
+            tail = mm[at : at + FRAME_HEADER_SIZE]
+        else:
+            tail = os.pread(segment.fd, FRAME_HEADER_SIZE, at)
         if not tail.strip(b"\x00"):
             return
         assert self._head is not None
