@@ -35,7 +35,7 @@ from .models import (
     iso_now,
     validate_field,
 )
-from .schema import EDGES, NODES, REMOVED_NODES, TASKS, observe_keys, plain, record_dict
+from .schema import EDGES, NODES, REMOVED_NODES, TASKS, get_entry, observe_keys, plain, record_dict
 from .tasks import DELETED, KEPT_VALUE_BYTES, STRATEGIES, _is_digest, _kept
 
 if TYPE_CHECKING:
@@ -254,8 +254,10 @@ class Graph:
     def node_raw(self, id: str) -> dict[str, Any] | None:
         """The node's stored fields as plain values (unvalidated), or None."""
         with self._access.read():
-            entry = self._nodes.get(id)
-            return record_dict(entry) if isinstance(entry, Map) else None
+            is_map, value = get_entry(self._nodes, id)
+        if not is_map:
+            return None
+        return value if isinstance(value, dict) else {}
 
     def node_ids(self) -> list[str]:
         """Ids of every stored node."""
@@ -422,8 +424,10 @@ class Graph:
     def edge_raw(self, key: str) -> dict[str, Any] | None:
         """The edge's stored fields under `source|type|target` as plain values (unvalidated), or None."""
         with self._access.read():
-            entry = self._edges.get(key)
-            return record_dict(entry) if isinstance(entry, Map) else None
+            is_map, value = get_entry(self._edges, key)
+        if not is_map:
+            return None
+        return value if isinstance(value, dict) else {}
 
     def edge_keys(self) -> list[str]:
         """Keys of every stored edge."""

@@ -22,7 +22,7 @@ from pycrdt import Map
 from .errors import FieldError, NotFoundError
 from .history import Clock, FieldConflict, WriteHistory, WriteRecord, _same, conflict_id, join
 from .models import check_id, check_json
-from .schema import get_entry, plain
+from .schema import get_entry, insert_map, plain, set_fields
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -98,10 +98,9 @@ class Records:
             changed = {k: v for k, v in data.items() if k not in current or not _same(current[k], v)}
             removed = [k for k in current if k not in data]
             if not isinstance(entry, Map):
-                self._root[record_id] = Map(data)
+                insert_map(self._root, record_id, data)
             else:
-                for key, value in changed.items():
-                    entry[key] = value
+                set_fields(entry, changed)
                 for key in removed:
                     del entry[key]
             return self._record(record_id, changed, data, base, resolves, version)

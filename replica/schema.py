@@ -73,6 +73,46 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     return (True, plain(entry)) if isinstance(entry, Map) else (False, entry)
 
 
+def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
+    """`ymap[k] = v` for every item (call it inside a write): plain values in one transaction, inserted
+    into the integrated map directly; shared types (a prelim Map or Array) through pycrdt.
+
+    pycrdt's `__setitem__` opens two transactions and type-checks per key, which cost more
+    than the insert itself for the handful of fields a write sets.
+    """
+    shared = {k: v for k, v in values.items() if isinstance(v, (Map, Array))}
+    plain_values = [(k, v) for k, v in values.items() if k not in shared]
+    if plain_values:
+        try:
+            with ymap.doc.transaction() as txn:
+                raw, integrated = txn._txn, ymap.integrated
+                for key, value in plain_values:
+                    integrated.insert(raw, key, value)
+        except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower writes
+            for key, value in plain_values:
+                ymap[key] = value
+    for key, value in shared.items():
+        ymap[key] = value
+
+
+def insert_map(ymap: Map, key: str, values: Mapping[str, Any]) -> None:
+    """`ymap[key] = Map(values)` (inside a write), the new map's plain fields inserted as `set_fields` does."""
+    try:
+        with ymap.doc.transaction() as txn:
+            raw = txn._txn
+            nested = ymap.integrated.insert_map_prelim(raw, key)
+            shared = {}
+            for name, value in values.items():
+                if isinstance(value, (Map, Array)):
+                    shared[name] = value
+                else:
+                    nested.insert(raw, name, value)
+            if shared:
+                set_fields(Map(_doc=ymap.doc, _integrated=nested), shared)
+    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower write
+        ymap[key] = Map(dict(values))
+
+
 def record_dicts(ymap: Map, doc: Doc) -> list[tuple[str, dict[str, Any] | None]]:
     """Every entry of a root map as (key, plain dict), or (key, None) where the entry is not a Y.Map.
 

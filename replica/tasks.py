@@ -27,7 +27,8 @@ from .models import (
     utc_now,
     validate_field,
 )
-from .schema import MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, plain, record_dict, record_dicts
+from .schema import (MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, insert_map, plain, record_dict,
+                     record_dicts, set_fields)
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -156,17 +157,15 @@ class TaskBoard:
             if task_id in self._root:
                 raise AlreadyExistsError("task", task_id)
             self.history.record(task_id, _kept({**fields, **{f"properties.{k}": v for k, v in props.items()}}), {}, None)
-            self._root[task_id] = Map(
-                {
-                    **fields,
-                    "created_at": now,
-                    "updated_at": now,
-                    "created_by": self._access.replica_id,
-                    "tags": as_set_map(tag_list),
-                    "depends_on": as_set_map(deps),
-                    "properties": Map(props),
-                }
-            )
+            insert_map(self._root, task_id, {
+                **fields,
+                "created_at": now,
+                "updated_at": now,
+                "created_by": self._access.replica_id,
+                "tags": as_set_map(tag_list),
+                "depends_on": as_set_map(deps),
+                "properties": Map(props),
+            })
         return self.get(task_id)
 
     def _entry(self, task_id: str) -> Map:
@@ -217,8 +216,7 @@ class TaskBoard:
                 raise NotFoundError("task", task_id) from None
             if not isinstance(entry, Map):
                 raise InvalidRecordError("task", task_id, ["record is not a map"])
-            for name, value in scalars.items():
-                entry[name] = value
+            set_fields(entry, scalars)
             recorded = dict(scalars)
             recorded.update({f"properties.{k}": v for k, v in props.items()})
             recorded.update({f"properties.{k}": None for k in drop_props})
@@ -277,18 +275,16 @@ class TaskBoard:
             if not isinstance(entry, Map):
                 defaults = {"description": "", "status": TaskStatus.PENDING.value,
                             "priority": Priority.MEDIUM.value, "owner": None}
-                self._root[task_id] = Map({
+                insert_map(self._root, task_id, {
                     **defaults, **checked, "created_at": created_at or now, "updated_at": now,
                     "created_by": self._access.replica_id, "tags": as_set_map([]), "depends_on": as_set_map([]),
                     "properties": Map(props),
                 })
                 return True
-            changed = False
             stored = record_dict(entry)
-            for name, value in checked.items():
-                if name not in stored or stored[name] != value:
-                    entry[name] = value
-                    changed = True
+            differing = {name: value for name, value in checked.items() if name not in stored or stored[name] != value}
+            set_fields(entry, differing)
+            changed = bool(differing)
             bag = entry.get("properties")
             if isinstance(bag, Map):
                 current = stored["properties"] if isinstance(stored.get("properties"), dict) else plain(bag)

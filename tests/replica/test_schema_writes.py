@@ -1,0 +1,76 @@
+"""The direct writes and reads of replica.schema (set_fields, insert_map, get_entry) against pycrdt's public API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map
+
+from replica.schema import get_entry, insert_map, plain, set_fields
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=4)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=10,
+)
+FIELDS = st.dictionaries(st.text(min_size=1, max_size=4), VALUES, max_size=6)
+
+
+def _root(doc: Doc) -> Map:
+    return doc.get("r", type=Map)
+
+
+@settings(max_examples=150, deadline=None)
+@given(FIELDS, FIELDS)
+def test_direct_writes_leave_what_the_public_api_leaves(first: dict[str, Any], second: dict[str, Any]) -> None:
+    direct, public = Doc(), Doc()
+    with direct.transaction():
+        insert_map(_root(direct), "k", first)
+    _root(public)["k"] = Map(dict(first))
+    with direct.transaction():
+        set_fields(_root(direct)["k"], second)
+    entry = _root(public)["k"]
+    for key, value in second.items():
+        entry[key] = value
+    assert _root(direct).to_py() == _root(public).to_py()
+    replica = Doc()
+    replica.apply_update(direct.get_update())
+    assert _root(replica).to_py() == _root(public).to_py()
+    assert get_entry(_root(direct), "k") == (True, plain(_root(public)["k"]))
+
+
+def test_shared_values_go_in_as_shared_types() -> None:
+    doc = Doc()
+    with doc.transaction():
+        insert_map(_root(doc), "t", {"title": "x", "tags": Map({"a": True}), "log": Array([1])})
+        set_fields(_root(doc)["t"], {"props": Map({"p": 1}), "title": "y"})
+    entry = _root(doc)["t"]
+    assert isinstance(entry["tags"], Map) and isinstance(entry["log"], Array) and isinstance(entry["props"], Map)
+    assert entry.to_py() == {"title": "y", "tags": {"a": True}, "log": [1.0], "props": {"p": 1.0}}
+
+
+def test_get_entry_tells_a_map_from_other_values_and_absence() -> None:
+    doc = Doc()
+    root = _root(doc)
+    root["plain"] = {"a": 1}
+    root["list"] = Array([1, 2])
+    with doc.transaction():
+        insert_map(root, "map", {"n": 2.0, "s": "x"})
+    assert get_entry(root, "absent") == (False, None)
+    assert get_entry(root, "map") == (True, {"n": 2, "s": "x"})
+    assert get_entry(root, "plain") == (False, {"a": 1.0})
+    is_map, value = get_entry(root, "list")
+    assert not is_map and isinstance(value, Array)
+
+
+def test_a_value_the_doc_cannot_hold_is_refused() -> None:
+    doc = Doc()
+    with doc.transaction():
+        insert_map(_root(doc), "k", {"a": 1})
+    with pytest.raises(TypeError):
+        with doc.transaction():
+            set_fields(_root(doc)["k"], {"bad": object()})
