@@ -234,7 +234,26 @@ class _WalFile:
         wal_dir.mkdir(parents=True, exist_ok=True)
         self._users_fd: Optional[int] = os.open(wal_dir / USERS_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._users_fd, fcntl.LOCK_SH)
-        self._lock_fd: Optional[int] = os.open(wal_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock_fd: Optional[int] = self._open_lock()
+        _OPEN_FILES.add(self)
+
+    def _open_lock(self) -> int:
+        return os.open(self.wal_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def reopen_lock_after_fork(self) -> None:
+        """In a forked child: take a descriptor of its own for ``.wal.lock`` and a fresh thread lock.
+
+        A flock belongs to the open file description, which a child shares with its parent
+        through the inherited descriptor: locking it again would not exclude the parent. The
+        child has one thread, so no other can hold the thread lock it inherited."""
+        if self._lock_fd is not None:
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = self._open_lock()
+        self.lock = threading.RLock()
+        self._depth = 0
 
     def _enter(self) -> None:
         """Take the thread lock, then (outermost only) ``.wal.lock`` on the descriptor kept open for it."""
@@ -397,6 +416,15 @@ class _WalFile:
 
 
 _FILES: "RefCountedRegistry[Path, _WalFile]" = RefCountedRegistry("the shared WAL file", _WalFile.close)
+_OPEN_FILES: "weakref.WeakSet[_WalFile]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for shared in list(_OPEN_FILES):
+        shared.reopen_lock_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _join(wal: WALManager) -> "Entry[Path, _WalFile]":

@@ -472,3 +472,32 @@ def test_a_plain_wal_and_a_managed_one_share_one_sequence(tmp_path: Path) -> Non
     managed.close()
     assert seqs == [1, 2, 3, 4]
     assert [entry["seq"] for entry in WALManager(tmp_path).replay()] == [1, 2, 3, 4]
+
+
+def test_a_forked_child_is_excluded_by_its_parents_wal_lock(tmp_path: Path) -> None:
+    """The managed WAL keeps its lock descriptor open; a child forked meanwhile gets its own, so the
+    parent's hold on `.wal.lock` excludes it (a shared descriptor would let both in)."""
+    import fcntl
+    import os
+
+    from compat.managed_wal import _FILES
+
+    wal = ManagedWAL(tmp_path)
+    shared = _FILES.get(tmp_path.resolve())
+    assert shared is not None
+    with shared.exclusive():
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                assert shared._lock_fd is not None
+                fcntl.flock(shared._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                code = 1
+            except BlockingIOError:
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child took the lock its parent held"
+    assert wal.log_tx_begin("after", 0) == 1
+    wal.close()
