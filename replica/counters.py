@@ -20,7 +20,7 @@ from pycrdt import Map
 from .changes import ChangeEvent
 from .errors import FieldError, NotFoundError
 from .models import MAX_SAFE_INT, InvalidRecord, check_id
-from .schema import COUNTERS, observe_keys
+from .schema import COUNTERS, get_entry, observe_keys, set_fields
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -138,12 +138,12 @@ class Counters:
         amount = _amount(by)
         with self._access.write():
             key = slot_key(name, self._access.client_id)
-            p, n = slot_amounts(self._root.get(key)) or (0, 0)
+            p, n = slot_amounts(get_entry(self._root, key)[1]) or (0, 0)
             if field == "p":
                 p += amount
             else:
                 n += amount
-            self._root[key] = {"p": store_value(p), "n": store_value(n)}
+            set_fields(self._root, {key: {"p": store_value(p), "n": store_value(n)}})
             return self._total(name)[0] if total else None
 
     def incr(self, name: str, by: int = 1) -> int:

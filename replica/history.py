@@ -28,7 +28,7 @@ from pycrdt import Array, Map
 
 from .errors import NotFoundError
 from .models import iso_now
-from .schema import observe_touched, plain
+from .schema import observe_touched, plain, set_fields
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -345,7 +345,7 @@ class WriteHistory:
             key = f"{slot_key}|{seq}"
         else:
             key = f"{record_id}|{writer}|{seq}"
-            self._writes[key] = body
+            set_fields(self._writes, {key: body})
         parsed = WriteRecord(key, record_id, writer, seq, seen, body["at"],
                              {name: (data or {}).get(name) for name in fields} if name_fields else dict(fields),
                              data, resolved, version)

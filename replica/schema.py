@@ -50,6 +50,10 @@ def record_dict(ymap: Any) -> dict[str, Any]:
     return {}
 
 
+_PRIMITIVES = frozenset({dict, list, str, int, float, bool, type(None)})
+"""What yrs hands back for a plain (not shared) value: returned as is, as pycrdt's `get` would."""
+
+
 def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     """`(True, plain value)` when `key` holds a Y.Map, else `(False, the entry)` (None when absent).
 
@@ -67,6 +71,8 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
                     return True, from_doc_number(json.loads(value.to_json(raw)))
                 except ValueError:
                     pass
+            elif type(value) in _PRIMITIVES:
+                return False, value
     except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
         pass
     entry = ymap.get(key)
