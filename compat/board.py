@@ -32,8 +32,7 @@ from replica import Replica
 from replica.models import Edge as BoardEdge
 from replica.models import Node as BoardNode
 from replica.models import Task as BoardTask
-from replica.models import check_id, edge_key, from_doc_number, validate_field
-from replica.history import json_equal
+from replica.models import check_id, edge_key, from_doc_number, json_equal, validate_field
 from replica.schema import EDGES, observe_keys
 
 BASE_FIELDS = ("id", "entity_type", "version", "created_at", "modified_at")

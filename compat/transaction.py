@@ -9,11 +9,11 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from compat.types import Entity
+from replica.models import SecondStamp
 
 
 class TransactionState(Enum):
@@ -26,20 +26,12 @@ class TransactionState(Enum):
     ROLLED_BACK = "rolled_back"
 
 
-_stamp: Tuple[int, str] = (-1, "")
+_TX_SECOND = SecondStamp("%Y%m%d-%H%M%S")
 
 
 def generate_transaction_id() -> str:
-    """A new id ``TX-YYYYMMDD-HHMMSS-xxxxxxxx``: UTC time plus 8 hex characters of secure randomness.
-
-    The time part is formatted once per second."""
-    global _stamp
-    second = int(time.time())
-    cached, stamp = _stamp
-    if second != cached:
-        stamp = datetime.fromtimestamp(second, timezone.utc).strftime("%Y%m%d-%H%M%S")
-        _stamp = (second, stamp)
-    return f"TX-{stamp}-{secrets.token_hex(4)}"
+    """A new id ``TX-YYYYMMDD-HHMMSS-xxxxxxxx``: UTC time plus 8 hex characters of secure randomness."""
+    return f"TX-{_TX_SECOND.format(int(time.time()))}-{secrets.token_hex(4)}"
 
 
 @dataclass

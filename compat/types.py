@@ -15,6 +15,7 @@ from typing import Any, Dict, FrozenSet, List, Mapping, Tuple, Type, TypeVar
 
 from compat.checksums import compute_checksum
 from compat.errors import ValidationError
+from replica.models import ISO_SECOND
 
 E = TypeVar("E", bound="Entity")
 
@@ -65,20 +66,11 @@ EPIC_STATUSES: FrozenSet[str] = frozenset({"active", "completed", "on_hold"})
 HANDOFF_STATUSES: FrozenSet[str] = frozenset({"initiated", "accepted", "completed", "rejected"})
 
 
-_second: Tuple[int, str] = (-1, "")
-
-
 def utc_now_iso() -> str:
-    """Current time as an ISO-8601 string from the UTC clock, as ``datetime.now(timezone.utc).isoformat()``.
-
-    The date and time of day are formatted once per second (several calls per commit)."""
-    global _second
-    micros = time.time_ns() // 1000
-    second, fraction = divmod(micros, 1_000_000)
-    cached, prefix = _second
-    if second != cached:
-        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (second, prefix)
+    """Current time as an ISO-8601 string from the UTC clock, as ``datetime.now(timezone.utc).isoformat()``
+    (no fraction when the microseconds are 0), the date formatted once per second."""
+    second, fraction = divmod(time.time_ns() // 1000, 1_000_000)
+    prefix = ISO_SECOND.format(second)
     return f"{prefix}.{fraction:06d}+00:00" if fraction else f"{prefix}+00:00"
 
 

@@ -149,19 +149,18 @@ class WALManager:
 
     def log(self, tx_id: str, operation: str, data: Dict[str, Any]) -> int:
         """Append one entry under the append lock and return its sequence number."""
-        with self._exclusive():
-            seq = self._next_seq()
+        with self._exclusive(), open(self.wal_file, "ab+") as handle:
+            seq = self._next_seq(_tail_seq(handle.fileno(), os.fstat(handle.fileno()).st_size))
             entry = TransactionWALEntry(
                 operation=operation, timestamp=utc_now_iso(), payload=data, seq=seq, tx_id=tx_id
             )
             line = (json.dumps(entry.to_dict(), separators=(",", ":")) + "\n").encode("utf-8")
-            with open(self.wal_file, "ab+") as handle:
-                if _ends_with_torn_line(handle):
-                    line = b"\n" + line
-                handle.write(line)
-                handle.flush()
-                if self.durability.fsync_every_append:
-                    os.fsync(handle.fileno())
+            if _ends_with_torn_line(handle):
+                line = b"\n" + line
+            handle.write(line)
+            handle.flush()
+            if self.durability.fsync_every_append:
+                os.fsync(handle.fileno())
             return seq
 
     def log_tx_begin(self, tx_id: str, snapshot_version: int) -> int:
@@ -190,10 +189,16 @@ class WALManager:
         """Log an explicit or recovery rollback and why."""
         return self.log(tx_id, "TX_ROLLBACK", {"reason": reason})
 
-    def _next_seq(self) -> int:
-        """Advance the sequence (never below what another writer persisted), persist it and return it."""
+    def _next_seq(self, at_end: Optional[int] = None) -> int:
+        """Advance the sequence (never below what another writer persisted), persist it and return it.
+
+        ``at_end`` is the seq of the WAL's last line when the caller has the file open (else it
+        is read here): a managed WAL (the transaction manager's) persists the sequence file
+        only when it closes, so the file alone may lag behind its lines."""
         with self._exclusive():
-            self._sequence = max(self._sequence, self._read_sequence_file(), self._seq_at_end()) + 1
+            if at_end is None:
+                at_end = self._seq_at_end()
+            self._sequence = max(self._sequence, self._read_sequence_file(), at_end) + 1
             self._write_sequence_file(self._sequence)
             return self._sequence
 
@@ -283,8 +288,7 @@ class WALManager:
         os.replace(tmp, self.seq_file)
 
     def _seq_at_end(self) -> int:
-        """The seq of the WAL's last line: a managed WAL (the transaction manager's) persists the
-        sequence file only when it closes, so the file alone may lag behind its lines."""
+        """The seq of the WAL's last line (0 without one)."""
         try:
             with open(self.wal_file, "rb") as handle:
                 return _tail_seq(handle.fileno(), os.fstat(handle.fileno()).st_size)

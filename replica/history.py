@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Array, Map
 
 from .errors import NotFoundError
-from .models import iso_now
+from .models import iso_now, json_equal
 from .schema import observe_touched, plain, set_fields
 
 if TYPE_CHECKING:
@@ -125,43 +125,6 @@ def join(clocks: Iterable[Clock]) -> Clock:
             if seq > out.get(writer, 0):
                 out[writer] = seq
     return out
-
-
-_PLAIN = frozenset({str, int, float, bool, type(None), list, dict})
-"""Builtin JSON types: values of two different ones never encode alike."""
-
-
-def json_equal(a: Any, b: Any) -> bool | None:
-    """Whether `a` and `b` encode to the same JSON, told without encoding; None when not sure.
-
-    Not sure means a type outside the builtin JSON ones (a tuple, a subclass, a non-string
-    key), which the caller settles by encoding."""
-    kind = type(a)
-    if kind is not type(b):
-        return False if kind in _PLAIN and type(b) in _PLAIN else None
-    if kind is str or kind is int or kind is bool or a is None:
-        return bool(a == b)
-    if kind is float:
-        return repr(a) == repr(b)
-    if kind is list:
-        if len(a) != len(b):
-            return False
-        for x, y in zip(a, b):
-            verdict = json_equal(x, y)
-            if verdict is not True:
-                return verdict
-        return True
-    if kind is dict:
-        if any(type(key) is not str for key in a) or any(type(key) is not str for key in b):
-            return None
-        if a.keys() != b.keys():
-            return False
-        for key, x in a.items():
-            verdict = json_equal(x, b[key])
-            if verdict is not True:
-                return verdict
-        return True
-    return None
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -52,19 +52,32 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-_second_cache: tuple[int, str] = (0, "")
+class SecondStamp:
+    """A UTC second formatted with `strftime` once, then reused while the clock stays in it (write paths
+    stamp several times per write, and `strftime` costs more than the rest of a timestamp)."""
+
+    def __init__(self, fmt: str) -> None:
+        self._fmt = fmt
+        self._cached: tuple[int, str] = (-1, "")
+
+    def format(self, second: int) -> str:
+        """`second` (seconds since the epoch) in this stamp's format."""
+        cached, text = self._cached
+        if second != cached:
+            text = datetime.fromtimestamp(second, timezone.utc).strftime(self._fmt)
+            self._cached = (second, text)
+        return text
+
+
+ISO_SECOND = SecondStamp("%Y-%m-%dT%H:%M:%S")
+"""The date and time of day of an ISO-8601 UTC timestamp, without fraction or offset."""
 
 
 def iso_now() -> str:
     """utc_now().isoformat(), formatted from a per-second cache because it is on the write path."""
-    global _second_cache
     now = time.time()
     second = int(now)
-    cached_second, prefix = _second_cache
-    if second != cached_second:
-        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_cache = (second, prefix)
-    return f"{prefix}.{int((now - second) * 1_000_000):06d}+00:00"
+    return f"{ISO_SECOND.format(second)}.{int((now - second) * 1_000_000):06d}+00:00"
 
 
 class _NotPlainJson(Exception):
@@ -135,6 +148,43 @@ def _explained(value: Any, path: str, depth: int) -> Any:
             out[k] = _explained(v, f"{path}.{k}", depth + 1)
         return out
     raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None), list, dict})
+"""Builtin JSON types: values of two different ones never encode alike."""
+
+
+def json_equal(a: Any, b: Any) -> bool | None:
+    """Whether `a` and `b` encode to the same JSON, told without encoding; None when not sure.
+
+    Not sure means a type outside the builtin JSON ones (a tuple, a subclass, a non-string
+    key), which the caller settles by encoding."""
+    kind = type(a)
+    if kind is not type(b):
+        return False if kind in _PLAIN and type(b) in _PLAIN else None
+    if kind is str or kind is int or kind is bool or a is None:
+        return bool(a == b)
+    if kind is float:
+        return repr(a) == repr(b)
+    if kind is list:
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b):
+            verdict = json_equal(x, y)
+            if verdict is not True:
+                return verdict
+        return True
+    if kind is dict:
+        if any(type(key) is not str for key in a) or any(type(key) is not str for key in b):
+            return None
+        if a.keys() != b.keys():
+            return False
+        for key, x in a.items():
+            verdict = json_equal(x, b[key])
+            if verdict is not True:
+                return verdict
+        return True
+    return None
 
 
 def from_doc_number(value: Any) -> Any:

@@ -396,26 +396,38 @@ def test_threads_sharing_a_manager(tmp_path: Path) -> None:
 
 WAL_WORKER = r"""
 import sys
+from compat.managed_wal import ManagedWAL
 from compat.wal import WALManager
 
-wal = WALManager(sys.argv[1])
+wal = (ManagedWAL if sys.argv[4] == "managed" else WALManager)(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
 for i in range(int(sys.argv[2])):
     wal.log_tx_begin(f"{sys.argv[3]}-{i}", i)
+if isinstance(wal, ManagedWAL):
+    wal.close()
 print("done", flush=True)
 """
 
 
-def test_processes_appending_to_one_wal(tmp_path: Path, spawn: Callable[..., Child]) -> None:
-    workers = [spawn(WAL_WORKER, str(tmp_path), "60", f"P{n}") for n in range(3)]
+def _started_workers(spawn: Callable[..., Child], path: Path, kind: str, count: int) -> List[Child]:
+    """`count` processes each about to append 60 TX_BEGIN lines with a `kind` ("plain" or "managed") WAL."""
+    workers = [spawn(WAL_WORKER, str(path), "60", f"P{n}", kind) for n in range(count)]
     for worker in workers:
         worker.expect("ready")
     for worker in workers:
         worker.send("go")
+    return workers
+
+
+def _finished(workers: List[Child]) -> None:
     for worker in workers:
         worker.expect("done", timeout=60)
         assert worker.finish() == 0
+
+
+def test_processes_appending_to_one_wal(tmp_path: Path, spawn: Callable[..., Child]) -> None:
+    _finished(_started_workers(spawn, tmp_path, "plain", 3))
     entries = WALManager(tmp_path).replay()
     assert len(entries) == 180 == len(_lines(WALManager(tmp_path)))
     assert [entry["seq"] for entry in entries] == list(range(1, 181))
@@ -424,34 +436,14 @@ def test_processes_appending_to_one_wal(tmp_path: Path, spawn: Callable[..., Chi
         assert mine == [f"{name}-{i}" for i in range(60)]
 
 
-MANAGED_WAL_WORKER = r"""
-import sys
-from compat.managed_wal import ManagedWAL
-
-wal = ManagedWAL(sys.argv[1])
-print("ready", flush=True)
-sys.stdin.readline()
-for i in range(int(sys.argv[2])):
-    wal.log_tx_begin(f"{sys.argv[3]}-{i}", i)
-wal.close()
-print("done", flush=True)
-"""
-
-
 def test_managed_wals_of_several_processes_keep_one_sequence(tmp_path: Path, spawn: Callable[..., Child]) -> None:
     """A ManagedWAL keeps its lock descriptor and the file's end between appends: lines other processes
     append in between are seen, the sequence continues after them, and no line is torn or lost."""
     here = ManagedWAL(tmp_path)
-    workers = [spawn(MANAGED_WAL_WORKER, str(tmp_path), "60", f"P{n}") for n in range(2)]
-    for worker in workers:
-        worker.expect("ready")
-    for worker in workers:
-        worker.send("go")
+    workers = _started_workers(spawn, tmp_path, "managed", 2)
     for i in range(60):
         here.log_tx_begin(f"H-{i}", i)
-    for worker in workers:
-        worker.expect("done", timeout=60)
-        assert worker.finish() == 0
+    _finished(workers)
     here.log_tx_begin("H-last", 0)
     here.close()
     entries = WALManager(tmp_path).replay()

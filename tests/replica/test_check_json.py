@@ -83,7 +83,8 @@ def test_the_result_is_a_copy_with_tuples_as_lists() -> None:
 @given(JSON, JSON)
 def test_json_equal_agrees_with_encoding(a: Any, b: Any) -> None:
     """The field comparison of write records: decided without encoding, it must agree with the encoding."""
-    from replica.history import _same, json_equal
+    from replica.history import _same
+    from replica.models import json_equal
 
     encoded = json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
     verdict = json_equal(a, b)
@@ -93,7 +94,7 @@ def test_json_equal_agrees_with_encoding(a: Any, b: Any) -> None:
 
 
 def test_json_equal_tells_numbers_apart_as_json_does() -> None:
-    from replica.history import json_equal
+    from replica.models import json_equal
 
     assert json_equal(1, 1.0) is False and json_equal(True, 1) is False and json_equal(0.0, -0.0) is False
     assert json_equal({"a": [1, {"b": None}]}, {"a": [1, {"b": None}]}) is True
