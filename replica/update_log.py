@@ -262,6 +262,7 @@ class UpdateLog:
         self._head: LogHead | None = None
         self._open_lock: OpenLock | None = None
         self._sync_cond = threading.Condition()
+        self._flusher_wake = threading.Condition()
         self._segment: _OpenSegment | None = None
         self._segment_first = 0
         self._retired: list[_OpenSegment] = []
@@ -691,8 +692,8 @@ class UpdateLog:
             self.records_since_snapshot += 1
             if self._balanced and not self._flusher_armed:
                 self._flusher_armed = True
-                with self._sync_cond:
-                    self._sync_cond.notify_all()
+                with self._flusher_wake:
+                    self._flusher_wake.notify_all()
             return lsn
 
     def _cut_torn(self, segment: _OpenSegment) -> None:
@@ -775,8 +776,6 @@ class UpdateLog:
         takes the append lock (a caller may hold it): the head's position is read lock-free,
         and a record in an older segment was fsynced when that segment was sealed."""
         target = self.last_lsn if lsn is None else lsn
-        if self.durable_lsn >= self._written_lsn:
-            self._flusher_armed = False
         with self._sync_cond:
             while self.durable_lsn < target:
                 if self._failure is not None:
@@ -791,7 +790,6 @@ class UpdateLog:
         path: Path | None = None
         try:
             head = self.lock()
-            self._flusher_armed = False
             upto, segment_first, _ = head.position()
             path = self.directory / segment_name(segment_first)
             if upto > self._durable_lsn:
@@ -830,17 +828,29 @@ class UpdateLog:
             self._sync_cond.notify_all()
 
     def _flush_loop(self) -> None:
-        """BALANCED mode: fsync within `flush_interval` of the first unsynced write."""
+        """BALANCED mode: fsync within `flush_interval` of the first unsynced write.
+
+        Armed by the first write after an idle spell, it wakes every half interval while
+        writes keep coming (not once per write: a woken thread competes for the GIL with the
+        writer) and disarms after a half interval with no new write and nothing unsynced. It
+        waits on a condition of its own, so the group commits of `sync` do not wake it."""
         delay = self.flush_interval / 2
+        wake = self._flusher_wake
         while True:
-            with self._sync_cond:
+            with wake:
                 while not self._closed and not self._flusher_armed:
-                    self._sync_cond.wait()
+                    wake.wait()
                 if self._closed:
                     return
-                self._sync_cond.wait_for(lambda: self._closed, timeout=delay)
+                seen = self._written_lsn
+                wake.wait_for(lambda: self._closed, timeout=delay)
                 if self._closed:
                     return
+            if self._written_lsn == seen and self.durable_lsn >= seen:
+                self._flusher_armed = False
+                if self._written_lsn == seen:
+                    continue
+                self._flusher_armed = True
             try:
                 self.sync()
             except Exception as exc:
@@ -890,6 +900,8 @@ class UpdateLog:
         with self._sync_cond:
             self._closed = True
             self._sync_cond.notify_all()
+        with self._flusher_wake:
+            self._flusher_wake.notify_all()
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(timeout=5)
         self._drop_files()

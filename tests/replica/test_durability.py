@@ -78,6 +78,22 @@ def test_balanced_default_interval_flushes_within_about_50ms(tmp_path: Path) -> 
             assert time.monotonic() - written < 0.05 + 0.45
 
 
+def test_balanced_flusher_disarms_when_idle_and_flushes_again_on_the_next_write(tmp_path: Path) -> None:
+    """After a spell with nothing to flush the flusher sleeps; the next plain write wakes it and is
+    flushed within the interval, and so is each of a steady stream of writes while it stays awake."""
+    with Replica.open(tmp_path, durability="balanced", flush_interval=0.2) as r:
+        log = r._log
+        assert log is not None
+        for round_ in range(2):
+            assert wait_until(lambda: not log._flusher_armed, timeout=5), "an idle flusher disarms"
+            for i in range(6):
+                r.tasks.create("x", id=f"t{round_}-{i}")
+                written, target = time.monotonic(), r.last_lsn
+                assert log._flusher_armed
+                assert wait_until(lambda: r.durable_lsn >= target, timeout=5)
+                assert time.monotonic() - written < 0.2 + 0.8
+
+
 def test_balanced_transaction_is_durable_when_it_returns(tmp_path: Path) -> None:
     """`with r.transaction()` in BALANCED mode fsyncs before returning, without waiting for the flusher."""
     with Replica.open(tmp_path, durability="balanced", flush_interval=30.0) as r:
