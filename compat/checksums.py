@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Union
 
 ChecksumInput = Union[bytes, Dict[str, Any]]
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 """One encoder for every checksum (``json.dumps`` with these options builds a new one per call)."""
 
 DEFAULT_TRUNCATE = 16
@@ -25,7 +25,7 @@ def canonical_bytes(data: ChecksumInput) -> bytes:
     if isinstance(data, bytes):
         return data
     if isinstance(data, dict):
-        return _CANONICAL.encode(data).encode("utf-8")
+        return CANONICAL_JSON.encode(data).encode("utf-8")
     raise TypeError(f"checksum input must be bytes or dict, not {type(data).__name__}")
 
 

@@ -23,10 +23,11 @@ import threading
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, ContextManager, Dict, Iterator, List, Optional, Set, Tuple, Union
 
-from compat.checksums import DEFAULT_TRUNCATE, canonical_bytes, compute_checksum
+from compat.checksums import CANONICAL_JSON, DEFAULT_TRUNCATE, canonical_bytes, compute_checksum
 from compat.config import DurabilityMode
 from compat.registry import Entry, RefCountedRegistry
 from compat.types import utc_now_iso
@@ -212,6 +213,22 @@ def scan_wal(wal_file: Union[str, Path]) -> WalScan:
 USERS_FILE_NAME = ".wal.users"
 """Held shared (flock) by every process with the WAL open; exclusively only by one that is alone."""
 
+def entry_line(seq: int, ts: str, tx_id: str, operation: str, data: Dict[str, Any]) -> bytes:
+    """One WAL line: the canonical JSON of ``{seq, ts, tx, op, data}`` with its checksum added last.
+
+    The body's keys are written in their sorted order by hand (the canonical encoder would
+    sort and walk a dict built for the purpose, twice the cost); anything but the usual
+    types goes through that encoder."""
+    if type(seq) is int and type(ts) is str and type(tx_id) is str and type(operation) is str:
+        text = (f'{{"data":{CANONICAL_JSON.encode(data)},"op":{encode_basestring_ascii(operation)},"seq":{seq},'
+                f'"ts":{encode_basestring_ascii(ts)},"tx":{encode_basestring_ascii(tx_id)}}}')
+        canonical = text.encode("ascii")
+    else:
+        canonical = canonical_bytes({"seq": seq, "ts": ts, "tx": tx_id, "op": operation, "data": data})
+    checksum = hashlib.sha256(canonical).hexdigest()[:DEFAULT_TRUNCATE]
+    return canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n'
+
+
 class _WalFile:
     """The open WAL of one directory in this process: file, sequence and locks shared by its ManagedWALs.
 
@@ -353,10 +370,7 @@ class _WalFile:
         try:
             handle = self._open()
             self.sequence += 1
-            body = {"seq": self.sequence, "ts": utc_now_iso(), "tx": tx_id, "op": operation, "data": data}
-            canonical = canonical_bytes(body)
-            checksum = hashlib.sha256(canonical).hexdigest()[:DEFAULT_TRUNCATE]
-            self._write(handle, canonical[:-1] + b',"checksum":"' + checksum.encode("ascii") + b'"}\n')
+            self._write(handle, entry_line(self.sequence, utc_now_iso(), tx_id, operation, data))
             return self.sequence
         finally:
             self._leave()

@@ -79,44 +79,49 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     return (True, plain(entry)) if isinstance(entry, Map) else (False, entry)
 
 
-def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
-    """`ymap[k] = v` for every item (call it inside a write): plain values in one transaction, inserted
-    into the integrated map directly; shared types (a prelim Map or Array) through pycrdt.
+def _fill(doc: Doc, raw: Any, integrated: Any, values: Mapping[str, Any]) -> None:
+    """Insert `values` into an integrated yrs map within transaction `raw`: plain values as they are,
+    a preliminary Map as a nested map filled the same way (and bound, as pycrdt binds it), other shared
+    types through pycrdt."""
+    for key, value in values.items():
+        if type(value) is Map and value._integrated is None:
+            nested = integrated.insert_map_prelim(raw, key)
+            content = value._integrate(doc, nested)
+            if content:
+                _fill(doc, raw, nested, content)
+        elif isinstance(value, (Map, Array)):
+            Map(_doc=doc, _integrated=integrated)[key] = value
+        else:
+            integrated.insert(raw, key, value)
 
-    pycrdt's `__setitem__` opens two transactions and type-checks per key, which cost more
-    than the insert itself for the handful of fields a write sets.
+
+def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
+    """`ymap[k] = v` for every item (call it inside a write), in one transaction, inserted into the
+    integrated map directly, a preliminary Map's content too.
+
+    pycrdt's `__setitem__` opens two transactions and type-checks per key (and per key of a
+    nested Map), which cost more than the inserts themselves for the handful of fields a write sets.
     """
-    shared = {k: v for k, v in values.items() if isinstance(v, (Map, Array))}
-    plain_values = [(k, v) for k, v in values.items() if k not in shared]
-    if plain_values:
-        try:
-            with ymap.doc.transaction() as txn:
-                raw, integrated = txn._txn, ymap.integrated
-                for key, value in plain_values:
-                    integrated.insert(raw, key, value)
-        except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower writes
-            for key, value in plain_values:
-                ymap[key] = value
-    for key, value in shared.items():
+    try:
+        with ymap.doc.transaction() as txn:
+            _fill(ymap.doc, txn._txn, ymap.integrated, values)
+        return
+    except AttributeError:  # another pycrdt's internals: the public, slower writes
+        pass
+    for key, value in values.items():
         ymap[key] = value
 
 
 def insert_map(ymap: Map, key: str, values: Mapping[str, Any]) -> None:
-    """`ymap[key] = Map(values)` (inside a write), the new map's plain fields inserted as `set_fields` does."""
+    """`ymap[key] = Map(values)` (inside a write), the new map filled as `set_fields` fills one."""
     try:
         with ymap.doc.transaction() as txn:
             raw = txn._txn
-            nested = ymap.integrated.insert_map_prelim(raw, key)
-            shared = {}
-            for name, value in values.items():
-                if isinstance(value, (Map, Array)):
-                    shared[name] = value
-                else:
-                    nested.insert(raw, name, value)
-            if shared:
-                set_fields(Map(_doc=ymap.doc, _integrated=nested), shared)
-    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower write
-        ymap[key] = Map(dict(values))
+            _fill(ymap.doc, raw, ymap.integrated.insert_map_prelim(raw, key), values)
+        return
+    except AttributeError:  # another pycrdt's internals: the public, slower write
+        pass
+    ymap[key] = Map(dict(values))
 
 
 def record_dicts(ymap: Map, doc: Doc) -> list[tuple[str, dict[str, Any] | None]]:

@@ -9,11 +9,13 @@ from typing import Callable, Dict, List
 from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import compat
-from compat.checksums import compute_checksum
+from compat.checksums import canonical_bytes, compute_checksum
 from compat.config import DurabilityMode
-from compat.managed_wal import ManagedWAL
+from compat.managed_wal import ManagedWAL, entry_line
 from compat.wal import TransactionWALEntry, WALManager
 from tests.compat.conftest import Child
 
@@ -30,6 +32,32 @@ def _append_raw(wal: WALManager, text: str) -> None:
 
 
 # ------------------------------------------------------ TransactionWALEntry
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0) | st.none(),
+    st.text() | st.integers(),
+    st.text() | st.none(),
+    st.text(),
+    st.dictionaries(st.text(max_size=8), _JSON, max_size=4),
+)
+def test_managed_entry_line_is_the_canonical_entry_with_its_checksum(
+    seq: object, ts: object, tx_id: object, op: str, data: Dict
+) -> None:
+    """The hand-ordered line is byte for byte the canonical JSON of the entry plus its checksum, for any
+    text (escapes, non-ASCII) and any value types, so old readers verify it."""
+    body = {"seq": seq, "ts": ts, "tx": tx_id, "op": op, "data": data}
+    line = entry_line(seq, ts, tx_id, op, data)  # type: ignore[arg-type]
+    assert line == canonical_bytes(body)[:-1] + f',"checksum":"{compute_checksum(body)}"}}\n'.encode()
+    assert TransactionWALEntry.from_dict(json.loads(line)).verify()
 
 
 def test_entry_defaults_and_auto_checksum() -> None:

@@ -18,6 +18,19 @@ VALUES = st.recursive(
     max_leaves=10,
 )
 FIELDS = st.dictionaries(st.text(min_size=1, max_size=4), VALUES, max_size=6)
+SHARED = st.recursive(
+    VALUES,
+    lambda inner: st.builds(lambda d: ("map", d), st.dictionaries(st.text(min_size=1, max_size=3), inner, max_size=3)),
+    max_leaves=8,
+)
+"""Plain values and ("map", {...}) markers, built into fresh preliminary Maps for each Doc by `_built`."""
+SHARED_FIELDS = st.dictionaries(st.text(min_size=1, max_size=4), SHARED, max_size=5)
+
+
+def _built(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return Map({key: _built(item) for key, item in value[1].items()})
+    return value
 
 
 def _root(doc: Doc) -> Map:
@@ -41,6 +54,30 @@ def test_direct_writes_leave_what_the_public_api_leaves(first: dict[str, Any], s
     replica.apply_update(direct.get_update())
     assert _root(replica).to_py() == _root(public).to_py()
     assert get_entry(_root(direct), "k") == (True, plain(_root(public)["k"]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(SHARED_FIELDS, SHARED_FIELDS)
+def test_nested_preliminary_maps_go_in_as_pycrdt_puts_them(first: dict[str, Any], second: dict[str, Any]) -> None:
+    """Preliminary Maps (nested to any depth) are filled in directly: same content, same update, bound
+    to the Doc afterwards as pycrdt binds them."""
+    direct, public = Doc(), Doc()
+    mine = {key: _built(value) for key, value in first.items()}
+    with direct.transaction():
+        insert_map(_root(direct), "k", mine)
+    _root(public)["k"] = Map({key: _built(value) for key, value in first.items()})
+    with direct.transaction():
+        set_fields(_root(direct)["k"], {key: _built(value) for key, value in second.items()})
+    entry = _root(public)["k"]
+    for key, value in second.items():
+        entry[key] = _built(value)
+    assert _root(direct).to_py() == _root(public).to_py()
+    replica = Doc()
+    replica.apply_update(direct.get_update())
+    assert _root(replica).to_py() == _root(public).to_py()
+    for key, value in mine.items():
+        if isinstance(value, Map) and key not in second:
+            assert value.to_py() == _root(direct)["k"][key].to_py()
 
 
 def test_shared_values_go_in_as_shared_types() -> None:
