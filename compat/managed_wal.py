@@ -247,6 +247,7 @@ class _WalFile:
         self._inode: Optional[Tuple[int, int]] = None
         self._known_end = -1
         self._depth = 0
+        self._checked = False
         self._wal_path = str(wal_file)
         wal_dir.mkdir(parents=True, exist_ok=True)
         self._users_fd: Optional[int] = os.open(wal_dir / USERS_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -271,6 +272,7 @@ class _WalFile:
             self._lock_fd = self._open_lock()
         self.lock = threading.RLock()
         self._depth = 0
+        self._checked = False
 
     def _enter(self) -> None:
         """Take the thread lock, then (outermost only) ``.wal.lock`` on the descriptor kept open for it."""
@@ -287,8 +289,10 @@ class _WalFile:
     def _leave(self) -> None:
         self._depth -= 1
         try:
-            if self._depth == 0 and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if self._depth == 0:
+                self._checked = False
+                if self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             self.lock.release()
 
@@ -321,8 +325,13 @@ class _WalFile:
     def _open(self) -> Any:
         """The append handle, reopened if the file was removed or replaced meanwhile (``exclusive`` held).
 
-        One ``stat`` of the path tells both: whether it is still our file, and where it ends."""
+        One ``stat`` of the path tells both: whether it is still our file, and where it ends. Once
+        checked, no other process can append or replace it until ``.wal.lock`` is let go, so later
+        appends within the same hold (a commit's TX_PREPARE and TX_COMMIT) need no second look."""
         handle = self._handle
+        if handle is not None and self._checked:
+            return handle
+        self._checked = True
         if handle is not None:
             try:
                 info = os.stat(self._wal_path)
@@ -480,6 +489,12 @@ class ManagedWAL(WALManager):
     def truncate(self, archive: bool = True) -> Optional[Path]:
         """Archive ``current.wal`` (returning the new path) or delete it; the sequence is kept."""
         return self._shared.truncate(self.archive_dir, archive)
+
+    def exclusive(self) -> ContextManager[None]:
+        """Hold ``wal/.wal.lock`` (reentrant) so that the appends made meanwhile take it, and look at the
+        file, once: a commit holds it from TX_PREPARE to TX_COMMIT (the replica transaction between never
+        waits on the WAL, so the lock order WAL -> replica log has no reverse)."""
+        return self._shared.exclusive()
 
     def scan(self) -> WalScan:
         """One pass over ``current.wal`` (cached for an unchanged prefix)."""

@@ -203,30 +203,33 @@ class TransactionManager:
         with shared.commit_lock:
             gate = _CommitGate.enter(self.lock, self.lock_timeout)
             try:
-                tx.state = TransactionState.PREPARING
-                self.wal.log_tx_prepare(tx.id)
-                with self._bases_lock:
-                    seen = self._bases.pop(tx.id, {})
-                try:
-                    result = self.store.entities.put_batch(
-                        list(tx.write_set.values()),
-                        validate=self.store.validate_on_save,
-                        tx_id=tx.id,
-                        bases={entity_id: clock for entity_id, (clock, _, _) in seen.items()},
-                        check=lambda: self._detect_conflicts(
-                            tx, {k: token for k, (_, token, _) in seen.items()}, {k: st for k, (_, _, st) in seen.items()}
-                        ),
-                    )
-                except Exception as exc:
-                    tx.state = TransactionState.ABORTED
-                    self.wal.log_tx_abort(tx.id, f"write_failed: {exc}")
-                    return CommitResult(success=False, reason=f"write_failed: {exc}")
-                if result.version is None:
-                    tx.state = TransactionState.ABORTED
-                    self.wal.log_tx_abort(tx.id, "version_conflict")
-                    return CommitResult(success=False, conflicts=list(result.refused), reason="version_conflict")
-                tx.state = TransactionState.COMMITTED
-                self.wal.log_tx_commit(tx.id, result.version)
+                with self.wal.exclusive():
+                    tx.state = TransactionState.PREPARING
+                    self.wal.log_tx_prepare(tx.id)
+                    with self._bases_lock:
+                        seen = self._bases.pop(tx.id, {})
+                    try:
+                        result = self.store.entities.put_batch(
+                            list(tx.write_set.values()),
+                            validate=self.store.validate_on_save,
+                            tx_id=tx.id,
+                            bases={entity_id: clock for entity_id, (clock, _, _) in seen.items()},
+                            check=lambda: self._detect_conflicts(
+                                tx,
+                                {k: token for k, (_, token, _) in seen.items()},
+                                {k: st for k, (_, _, st) in seen.items()},
+                            ),
+                        )
+                    except Exception as exc:
+                        tx.state = TransactionState.ABORTED
+                        self.wal.log_tx_abort(tx.id, f"write_failed: {exc}")
+                        return CommitResult(success=False, reason=f"write_failed: {exc}")
+                    if result.version is None:
+                        tx.state = TransactionState.ABORTED
+                        self.wal.log_tx_abort(tx.id, "version_conflict")
+                        return CommitResult(success=False, conflicts=list(result.refused), reason="version_conflict")
+                    tx.state = TransactionState.COMMITTED
+                    self.wal.log_tx_commit(tx.id, result.version)
             finally:
                 gate.leave()
         self.store.entities.settle_durably(result.lsn, self.durability)

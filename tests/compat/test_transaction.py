@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -132,3 +134,21 @@ def test_root_exports() -> None:
     assert compat.Transaction is Transaction
     assert compat.TransactionState is TransactionState
     assert compat.generate_transaction_id is generate_transaction_id
+
+
+def test_ids_do_not_follow_the_callers_seed_nor_repeat_in_a_forked_child() -> None:
+    """Seeding ``random`` cannot make two processes draw the same ids, and a forked child draws its own."""
+    random.seed(7)
+    first = generate_transaction_id()[-8:]
+    random.seed(7)
+    assert generate_transaction_id()[-8:] != first
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, generate_transaction_id()[-8:].encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 8).decode()
+    os.close(read_end)
+    assert len(child) == 8 and child != generate_transaction_id()[-8:]

@@ -483,6 +483,29 @@ def test_managed_wals_of_several_processes_keep_one_sequence(tmp_path: Path, spa
     assert entries[-1]["tx"] == "H-last"
 
 
+def test_a_commits_prepare_and_commit_lines_are_adjacent_while_other_processes_append(
+    tmp_path: Path, spawn: Callable[..., Child]
+) -> None:
+    """A commit holds `.wal.lock` from TX_PREPARE to TX_COMMIT (looking at the file once): lines other
+    processes append land before or after the pair, never between, and the sequence stays one."""
+    from compat.tx_manager import TransactionManager
+    from compat.types import Task
+
+    with TransactionManager(tmp_path, DurabilityMode.RELAXED) as manager:
+        workers = _started_workers(spawn, tmp_path / "wal", "plain", 2)
+        for i in range(40):
+            tx = manager.begin()
+            manager.write(tx, Task(id=f"T-{i}", title="t"))
+            assert manager.commit(tx).success
+        _finished(workers)
+    entries = WALManager(tmp_path / "wal").replay()
+    assert [entry["seq"] for entry in entries] == list(range(1, len(entries) + 1))
+    assert len(entries) == 120 + 40 * 4
+    for at, entry in enumerate(entries):
+        if entry["op"] == "TX_PREPARE":
+            assert (entries[at + 1]["op"], entries[at + 1]["tx"]) == ("TX_COMMIT", entry["tx"])
+
+
 def test_a_plain_wal_and_a_managed_one_share_one_sequence(tmp_path: Path) -> None:
     """The managed WAL persists the sequence file only when it closes; a plain WALManager appending
     meanwhile continues from the last line, not from that file, so no seq is used twice."""
