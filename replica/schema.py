@@ -10,7 +10,7 @@ from typing import Any
 from pycrdt import Array, Doc, Map
 from pycrdt._pycrdt import Map as _IntegratedMap
 
-from .models import from_doc_number
+from .models import MAX_SAFE_INT, from_doc_number
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,31 @@ SET_FIELDS = ("tags", "depends_on")
 MAP_FIELDS = ("properties",)
 
 
+def _doc_float(text: str) -> Any:
+    """A JSON number with a fraction or exponent, as `from_doc_number` would give it back."""
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) <= MAX_SAFE_INT else value
+
+
+_DOC_JSON = json.JSONDecoder(parse_float=_doc_float)
+"""Parses yrs's JSON rendering of a Y type with `from_doc_number` applied on the way: yrs already prints
+integral numbers as integers, so only the rare float token needs a look (a walk of the result did not)."""
+
+
+def doc_json(text: str) -> Any:
+    """yrs's JSON rendering of a Y type as plain Python, numbers as `from_doc_number` gives them."""
+    return _DOC_JSON.decode(text)
+
+
 def plain(value: Any) -> Any:
     """A Y value as plain Python, with Yjs's widened numbers turned back into ints.
 
     A Y.Map or Y.Array goes through yrs's own JSON rendering, which is several times faster
-    than `to_py()` and already prints integral numbers as integers.
+    than `to_py()`.
     """
     if isinstance(value, (Map, Array)):
         try:
-            return json.loads(str(value))
+            return doc_json(str(value))
         except ValueError:
             value = value.to_py()
     return from_doc_number(value)
@@ -68,7 +84,7 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
             value = integrated.get(raw, key)
             if isinstance(value, _IntegratedMap):
                 try:
-                    return True, from_doc_number(json.loads(value.to_json(raw)))
+                    return True, doc_json(value.to_json(raw))
                 except ValueError:
                     pass
             elif type(value) in _PRIMITIVES:
@@ -138,7 +154,7 @@ def record_dicts(ymap: Map, doc: Doc) -> list[tuple[str, dict[str, Any] | None]]
                 value = integrated.get(raw, key)
                 if isinstance(value, _IntegratedMap):
                     try:
-                        parsed = json.loads(value.to_json(raw))
+                        parsed = doc_json(value.to_json(raw))
                     except ValueError:
                         parsed = record_dict(ymap[key])
                     entries.append((key, parsed if isinstance(parsed, dict) else {}))

@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map
 
-from replica.schema import get_entry, insert_map, plain, set_fields
+import json
+
+from replica.models import from_doc_number
+from replica.schema import doc_json, get_entry, insert_map, plain, set_fields
 
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=4)
@@ -111,3 +114,38 @@ def test_a_value_the_doc_cannot_hold_is_refused() -> None:
     with pytest.raises(TypeError):
         with doc.transaction():
             set_fields(_root(doc)["k"], {"bad": object()})
+
+
+NUMBERS = st.recursive(
+    st.floats(allow_nan=False) | st.integers(-(2**60), 2**60) | st.integers(-(2**53), 2**53).map(float) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def _typed(value: Any) -> Any:
+    """`value` with each number tagged by its type, so 1 and 1.0 do not compare equal."""
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(NUMBERS)
+def test_doc_json_gives_numbers_back_as_from_doc_number_does(value: Any) -> None:
+    """Parsing with the float hook equals parsing then walking with `from_doc_number`, types included,
+    for JSON text of any shape (not only what yrs prints)."""
+    text = json.dumps(value)
+    assert _typed(doc_json(text)) == _typed(from_doc_number(json.loads(text)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=3), NUMBERS, max_size=5))
+def test_get_entry_reads_numbers_as_from_doc_number_gives_them(fields: dict[str, Any]) -> None:
+    doc = Doc()
+    with doc.transaction():
+        insert_map(_root(doc), "k", fields)
+    is_map, value = get_entry(_root(doc), "k")
+    assert is_map and _typed(value) == _typed(from_doc_number(json.loads(str(_root(doc)["k"]))))
