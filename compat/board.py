@@ -32,7 +32,7 @@ from replica import Replica
 from replica.models import Edge as BoardEdge
 from replica.models import Node as BoardNode
 from replica.models import Task as BoardTask
-from replica.models import check_id, edge_key, from_doc_number, json_equal, validate_field
+from replica.models import check_id, edge_key, same_stored, validate_field
 from replica.schema import EDGES, observe_keys
 
 BASE_FIELDS = ("id", "entity_type", "version", "created_at", "modified_at")
@@ -65,17 +65,6 @@ class Place:
 
     kind: str
     key: str
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as the Doc gives values back (an integral float reads as an int)."""
-    if type(a) is str and type(b) is str:
-        return a == b
-    a, b = from_doc_number(a), from_doc_number(b)
-    verdict = json_equal(a, b)
-    if verdict is not None:
-        return verdict
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _has_title(entity_type: str) -> bool:
@@ -261,7 +250,7 @@ class Board:
         data = {k: v for k, v in snapshot.items()}
         differs = False
         projected = projection(snapshot)
-        changed = [name for name in board if not _same(board[name], projected.get(name))]
+        changed = [name for name in board if not same_stored(board[name], projected.get(name))]
         if place.kind == "task":
             changed_props = "properties" in changed
             for name in changed:
@@ -284,7 +273,7 @@ class Board:
                 data["title"] = board["content"]
             if "properties" in changed:
                 for name, value in board["properties"].items():
-                    if name not in BASE_FIELDS and name != "title" and not _same(value, projected["properties"].get(name)):
+                    if name not in BASE_FIELDS and name != "title" and not same_stored(value, projected["properties"].get(name)):
                         data[name] = value
         if changed:
             version = snapshot.get("version", 1)

@@ -37,7 +37,7 @@ from compat.graph_wal import GraphWALEntry, WALEntry, apply_graph_entry
 from compat.thought_graph import EdgeType, NodeType, ThoughtCluster, ThoughtEdge, ThoughtGraph, ThoughtNode
 from compat.versioned_store import META_KEY, ReplicaEntities, entities_for, entity_class, stored_checksum
 from replica import Replica
-from replica.models import check_id, check_json, from_doc_number
+from replica.models import check_id, check_json, same_stored
 
 EVENTS_COLLECTION = "got_events"
 WAL_COLLECTION = "got_wal"
@@ -94,11 +94,6 @@ class MigrationReport:
         }
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as the replica stores them (integral numbers compare as ints)."""
-    return json.dumps(from_doc_number(a), sort_keys=True) == json.dumps(from_doc_number(b), sort_keys=True)
-
-
 def _lines(path: Path) -> Iterator[Tuple[int, str]]:
     """(1-based line number, text) of every non-blank line."""
     with open(path, "r", encoding="utf-8", errors="replace") as handle:
@@ -128,7 +123,7 @@ class _Migration:
             self.report.problem(f"{record_id}: cannot be stored: {exc}")
             return
         current = records.get(record_id)
-        if current is not None and _same(current, data):
+        if current is not None and same_stored(current, data):
             self.report.count(kind, False)
             return
         records.put(record_id, data)

@@ -11,7 +11,6 @@ conflict on every replica, settled like a task's (ours, theirs, merge).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -31,8 +30,8 @@ from .models import (
     check_properties,
     describe_errors,
     edge_key,
-    from_doc_number,
     iso_now,
+    same_stored,
     validate_field,
 )
 from .schema import EDGES, NODES, REMOVED_NODES, TASKS, get_entry, observe_keys, plain, record_dict
@@ -65,17 +64,11 @@ def _recorded(scalars: Mapping[str, Any], props: Mapping[str, Any], dropped: Ite
     return _kept(fields)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal as the Doc gives them back (an integral float reads as an int)."""
-    return (json.dumps(from_doc_number(a), sort_keys=True, default=str)
-            == json.dumps(from_doc_number(b), sort_keys=True, default=str))
-
-
 def _set_changed(entry: Map, values: Mapping[str, Any]) -> bool:
     """Write the values of `entry` that differ; True if any did."""
     changed = False
     for name, value in values.items():
-        if name not in entry or not _same(plain(entry.get(name)), value):
+        if name not in entry or not same_stored(plain(entry.get(name)), value):
             entry[name] = value
             changed = True
     return changed
@@ -85,7 +78,7 @@ def _sync_map(bag: Map, values: Mapping[str, Any]) -> bool:
     """Make `bag` hold exactly `values`, writing only keys that differ; True if any did."""
     current = plain(bag)
     current = current if isinstance(current, dict) else {}
-    changed = _set_changed(bag, {k: v for k, v in values.items() if k not in current or not _same(current[k], v)})
+    changed = _set_changed(bag, {k: v for k, v in values.items() if k not in current or not same_stored(current[k], v)})
     for key in current:
         if key not in values:
             del bag[key]

@@ -19,7 +19,6 @@ past `MAX_HISTORY` records, whoever saw it.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Array, Map
 
 from .errors import NotFoundError
-from .models import iso_now, json_equal
+from .models import iso_now, same_json
 from .schema import observe_touched, plain, set_fields
 
 if TYPE_CHECKING:
@@ -125,14 +124,6 @@ def join(clocks: Iterable[Clock]) -> Clock:
             if seq > out.get(writer, 0):
                 out[writer] = seq
     return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as JSON (so 1 and 1.0 differ, key order does not matter)."""
-    verdict = json_equal(a, b)
-    if verdict is not None:
-        return verdict
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _seq_text(seq: Any) -> str:
@@ -415,7 +406,7 @@ class WriteHistory:
             fields = tuple(sorted((set(a.fields) | set(b.fields) | {"__deleted__"}) - self.ignore_fields))
         else:
             fields = tuple(sorted(f for f in set(a.fields) & set(b.fields)
-                                  if f not in self.ignore_fields and not _same(a.fields[f], b.fields[f])))
+                                  if f not in self.ignore_fields and not same_json(a.fields[f], b.fields[f])))
         if not fields:
             return None
         left, right = sorted((a, b), key=lambda w: w.key)

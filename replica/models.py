@@ -6,6 +6,7 @@ Doc is validated here too, because a peer may have written anything.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -185,6 +186,21 @@ def json_equal(a: Any, b: Any) -> bool | None:
                 return verdict
         return True
     return None
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON (1 and 1.0 differ, key order does not matter), encoding only when `json_equal` cannot tell."""
+    verdict = json_equal(a, b)
+    if verdict is not None:
+        return verdict
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def same_stored(a: Any, b: Any) -> bool:
+    """Equal as the Doc gives values back (an integral float reads as an int)."""
+    if type(a) is str and type(b) is str:
+        return a == b
+    return same_json(from_doc_number(a), from_doc_number(b))
 
 
 def from_doc_number(value: Any) -> Any:

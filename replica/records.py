@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Map
 
 from .errors import FieldError, NotFoundError
-from .history import Clock, FieldConflict, WriteHistory, WriteRecord, _same, conflict_id, join
-from .models import check_id, check_json
-from .schema import get_entry, insert_map, plain, set_fields
+from .history import Clock, FieldConflict, WriteHistory, WriteRecord, conflict_id, join
+from .models import check_id, check_json, same_json
+from .schema import get_entry, insert_map, map_at, map_entry, plain, set_fields
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -90,12 +90,13 @@ class Records:
         except ValueError as exc:
             raise FieldError(self.name, "data", str(exc)) from None
         with self._access.write():
-            entry = self._root.get(record_id)
-            if not isinstance(entry, Map):
+            if current is None or "__invalid__" in current:
+                entry, current = map_entry(self._root, record_id)
+            else:
+                entry = map_at(self._root, record_id)
+            if entry is None or current is None:
                 current = {}
-            elif current is None or "__invalid__" in current:
-                current = plain(entry)
-            changed = {k: v for k, v in data.items() if k not in current or not _same(current[k], v)}
+            changed = {k: v for k, v in data.items() if k not in current or not same_json(current[k], v)}
             removed = [k for k in current if k not in data]
             if not isinstance(entry, Map):
                 insert_map(self._root, record_id, data)

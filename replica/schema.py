@@ -95,6 +95,46 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     return (True, plain(entry)) if isinstance(entry, Map) else (False, entry)
 
 
+def map_at(ymap: Map, key: str) -> Map | None:
+    """The Y.Map at `key` as a pycrdt wrapper to write through, or None when absent or not a map.
+
+    One transaction: pycrdt's `get` opens three and tries every wrapper type in turn."""
+    try:
+        with ymap.doc.transaction() as txn:
+            raw = txn._txn
+            value = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
+            return Map(_doc=ymap.doc, _integrated=value) if isinstance(value, _IntegratedMap) else None
+    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
+        pass
+    entry = ymap.get(key)
+    return entry if isinstance(entry, Map) else None
+
+
+def map_entry(ymap: Map, key: str) -> tuple[Map | None, dict[str, Any] | None]:
+    """The Y.Map at `key` (a pycrdt wrapper to write through) and its plain content, in one transaction;
+    `(None, None)` when the entry is absent or not a map (call it inside a write to act on what it read).
+
+    pycrdt's `get` opens three transactions for the wrapper, and reading the content was another."""
+    try:
+        with ymap.doc.transaction() as txn:
+            raw = txn._txn
+            value = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
+            if not isinstance(value, _IntegratedMap):
+                return None, None
+            try:
+                content = doc_json(value.to_json(raw))
+            except ValueError:
+                content = None
+            wrapper = Map(_doc=ymap.doc, _integrated=value)
+            if content is None:
+                content = plain(wrapper)
+            return wrapper, content if isinstance(content, dict) else {}
+    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
+        pass
+    entry = ymap.get(key)
+    return (entry, record_dict(entry)) if isinstance(entry, Map) else (None, None)
+
+
 def _fill(doc: Doc, raw: Any, integrated: Any, values: Mapping[str, Any]) -> None:
     """Insert `values` into an integrated yrs map within transaction `raw`: plain values as they are,
     a preliminary Map as a nested map filled the same way (and bound, as pycrdt binds it), other shared

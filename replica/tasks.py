@@ -22,12 +22,12 @@ from .models import (
     check_id,
     check_properties,
     describe_errors,
-    from_doc_number,
     iso_now,
+    same_stored,
     utc_now,
     validate_field,
 )
-from .schema import (MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, insert_map, plain, record_dict,
+from .schema import (MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, insert_map, map_entry, plain, record_dict,
                      record_dicts, set_fields)
 
 if TYPE_CHECKING:
@@ -271,8 +271,8 @@ class TaskBoard:
         props = check_properties("task", dict(properties))
         now = iso_now()
         with self._access.write():
-            entry = self._root.get(task_id)
-            if not isinstance(entry, Map):
+            entry, stored = map_entry(self._root, task_id)
+            if entry is None or stored is None:
                 defaults = {"description": "", "status": TaskStatus.PENDING.value,
                             "priority": Priority.MEDIUM.value, "owner": None}
                 insert_map(self._root, task_id, {
@@ -281,27 +281,25 @@ class TaskBoard:
                     "properties": Map(props),
                 })
                 return True
-            stored = record_dict(entry)
             differing = {name: value for name, value in checked.items() if name not in stored or stored[name] != value}
-            set_fields(entry, differing)
-            changed = bool(differing)
             bag = entry.get("properties")
             if isinstance(bag, Map):
                 current = stored["properties"] if isinstance(stored.get("properties"), dict) else plain(bag)
             else:
                 bag, current = self._nested(entry, "properties"), {}
+            props_changed = False
             for key, value in props.items():
-                if key not in current or (json.dumps(current[key], sort_keys=True, default=str)
-                                          != json.dumps(from_doc_number(value), sort_keys=True, default=str)):
+                if key not in current or not same_stored(current[key], value):
                     bag[key] = value
-                    changed = True
+                    props_changed = True
             for key in current:
                 if key not in props:
                     del bag[key]
-                    changed = True
-            if changed:
-                entry["updated_at"] = now
-            return changed
+                    props_changed = True
+            if differing or props_changed:
+                set_fields(entry, {**differing, "updated_at": now})
+                return True
+            return False
 
     def remove_quietly(self, task_id: str) -> bool:
         """Delete a task without a write record (for a caller that keeps its own); False if absent."""
