@@ -46,6 +46,9 @@ CONTENT_MAX = 1_000_000
 BOARD_STATUS_KEY = "agentstate_status"
 """Key of a Task's ``metadata`` naming a board status the old API has no value for (``cancelled``)."""
 
+_STAMP_JSON = json.JSONEncoder(sort_keys=True, default=str)
+"""The encoder of board stamps, built once (``json.dumps`` with options builds one per call)."""
+
 STATUS_FOR_OLD_CALLERS: Dict[str, str] = {
     "pending": "pending",
     "in_progress": "in_progress",
@@ -203,7 +206,7 @@ class Board:
     @staticmethod
     def stamp_of(board: Optional[Mapping[str, Any]]) -> str:
         """The fingerprint of board fields :meth:`current` returned ("" for none)."""
-        return "" if board is None else json.dumps(board, sort_keys=True, default=str)
+        return "" if board is None else _STAMP_JSON.encode(board)
 
     def native_place(self, entity_id: str) -> Optional[Place]:
         """The place of a board object compat has no snapshot of (made natively), or None."""
@@ -247,7 +250,7 @@ class Board:
             return None, snapshot is not None
         if snapshot is None:
             return self._native(entity_id, place, board), True
-        data = {k: v for k, v in snapshot.items()}
+        data = dict(snapshot)
         differs = False
         projected = projection(snapshot)
         changed = [name for name in board if not same_stored(board[name], projected.get(name))]

@@ -287,7 +287,10 @@ def stored_checksum(data: Mapping[str, Any]) -> str:
 
 
 def _strip(raw: Mapping[str, Any]) -> Dict[str, Any]:
-    return {key: value for key, value in raw.items() if key != META_KEY}
+    """The entity's data: the record without its bookkeeping field (a shallow copy)."""
+    data = dict(raw)
+    data.pop(META_KEY, None)
+    return data
 
 
 def _meta(raw: Mapping[str, Any]) -> Dict[str, Any]:

@@ -742,7 +742,9 @@ class _WriteScope:
     """Context for one (possibly nested) write; a class, not a generator, as it is on the hot path.
 
     The outermost scope holds the log's append lock from before it catches up until its
-    record is appended, so what it writes is decided on everything any process wrote."""
+    record is appended, so what it writes is decided on everything any process wrote. A
+    nested scope writes in the outer one's Doc transaction without entering pycrdt's
+    nested transaction (which only counts leases)."""
 
     __slots__ = ("_replica", "_origin", "_transaction", "_txn", "_outer", "_lsn", "_head")
 
@@ -771,12 +773,13 @@ class _WriteScope:
             if self._outer:
                 replica._origin = self._origin
             replica._depth += 1
-            self._txn = replica.doc.transaction()
-            try:
-                self._txn.__enter__()
-            except BaseException:
-                replica._depth -= 1
-                raise
+            if self._outer or getattr(replica.doc, "_txn", None) is None:
+                self._txn = replica.doc.transaction()
+                try:
+                    self._txn.__enter__()
+                except BaseException:
+                    replica._depth -= 1
+                    raise
         except BaseException:
             if self._head is not None:
                 self._head.release()
@@ -788,7 +791,8 @@ class _WriteScope:
         replica = self._replica
         try:
             try:
-                self._txn.__exit__(exc_type, exc, tb)
+                if self._txn is not None:
+                    self._txn.__exit__(exc_type, exc, tb)
             finally:
                 replica._depth -= 1
                 if self._outer:

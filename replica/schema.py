@@ -70,6 +70,33 @@ _PRIMITIVES = frozenset({dict, list, str, int, float, bool, type(None)})
 """What yrs hands back for a plain (not shared) value: returned as is, as pycrdt's `get` would."""
 
 
+def _active(doc: Doc) -> Any:
+    """The yrs transaction the Doc is inside (a write scope holds one), else None.
+
+    A helper called inside a write acts in it directly: entering pycrdt's nested transaction
+    (three calls and two property reads) cost more than a one-key read."""
+    txn = doc._txn
+    return txn._txn if txn is not None else None
+
+
+_FALLBACK = object()
+"""Returned by an inner helper when the entry needs pycrdt's public (slower) path."""
+
+
+def _entry_in(raw: Any, integrated: Any, key: str) -> Any:
+    if not integrated.has(raw, key):
+        return False, None
+    value = integrated.get(raw, key)
+    if isinstance(value, _IntegratedMap):
+        try:
+            return True, doc_json(value.to_json(raw))
+        except ValueError:
+            return _FALLBACK
+    if type(value) in _PRIMITIVES:
+        return False, value
+    return _FALLBACK
+
+
 def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     """`(True, plain value)` when `key` holds a Y.Map, else `(False, the entry)` (None when absent).
 
@@ -77,37 +104,56 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     transactions and wraps the entry before `plain` renders it, which cost twice the read.
     """
     try:
-        with ymap.doc.transaction() as txn:
-            raw, integrated = txn._txn, ymap.integrated
-            if not integrated.has(raw, key):
-                return False, None
-            value = integrated.get(raw, key)
-            if isinstance(value, _IntegratedMap):
-                try:
-                    return True, doc_json(value.to_json(raw))
-                except ValueError:
-                    pass
-            elif type(value) in _PRIMITIVES:
-                return False, value
+        doc, integrated = ymap._doc, ymap._integrated
+        raw = _active(doc)
+        if raw is not None:
+            found = _entry_in(raw, integrated, key)
+        else:
+            with doc.transaction() as txn:
+                found = _entry_in(txn._txn, integrated, key)
+        if found is not _FALLBACK:
+            return found  # type: ignore[no-any-return]
     except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
         pass
     entry = ymap.get(key)
     return (True, plain(entry)) if isinstance(entry, Map) else (False, entry)
 
 
+def _map_in(raw: Any, doc: Doc, integrated: Any, key: str, content: bool) -> tuple[Map | None, dict[str, Any] | None]:
+    value = integrated.get(raw, key) if integrated.has(raw, key) else None
+    if not isinstance(value, _IntegratedMap):
+        return None, None
+    wrapper = Map(_doc=doc, _integrated=value)
+    if not content:
+        return wrapper, None
+    try:
+        parsed = doc_json(value.to_json(raw))
+    except ValueError:
+        parsed = plain(wrapper)
+    return wrapper, parsed if isinstance(parsed, dict) else {}
+
+
+def _map_and_content(ymap: Map, key: str, content: bool) -> tuple[Map | None, dict[str, Any] | None]:
+    try:
+        doc, integrated = ymap._doc, ymap._integrated
+        raw = _active(doc)
+        if raw is not None:
+            return _map_in(raw, doc, integrated, key, content)
+        with doc.transaction() as txn:
+            return _map_in(txn._txn, doc, integrated, key, content)
+    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
+        pass
+    entry = ymap.get(key)
+    if not isinstance(entry, Map):
+        return None, None
+    return entry, record_dict(entry) if content else None
+
+
 def map_at(ymap: Map, key: str) -> Map | None:
     """The Y.Map at `key` as a pycrdt wrapper to write through, or None when absent or not a map.
 
     One transaction: pycrdt's `get` opens three and tries every wrapper type in turn."""
-    try:
-        with ymap.doc.transaction() as txn:
-            raw = txn._txn
-            value = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
-            return Map(_doc=ymap.doc, _integrated=value) if isinstance(value, _IntegratedMap) else None
-    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
-        pass
-    entry = ymap.get(key)
-    return entry if isinstance(entry, Map) else None
+    return _map_and_content(ymap, key, False)[0]
 
 
 def map_entry(ymap: Map, key: str) -> tuple[Map | None, dict[str, Any] | None]:
@@ -115,24 +161,7 @@ def map_entry(ymap: Map, key: str) -> tuple[Map | None, dict[str, Any] | None]:
     `(None, None)` when the entry is absent or not a map (call it inside a write to act on what it read).
 
     pycrdt's `get` opens three transactions for the wrapper, and reading the content was another."""
-    try:
-        with ymap.doc.transaction() as txn:
-            raw = txn._txn
-            value = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
-            if not isinstance(value, _IntegratedMap):
-                return None, None
-            try:
-                content = doc_json(value.to_json(raw))
-            except ValueError:
-                content = None
-            wrapper = Map(_doc=ymap.doc, _integrated=value)
-            if content is None:
-                content = plain(wrapper)
-            return wrapper, content if isinstance(content, dict) else {}
-    except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
-        pass
-    entry = ymap.get(key)
-    return (entry, record_dict(entry)) if isinstance(entry, Map) else (None, None)
+    return _map_and_content(ymap, key, True)
 
 
 def _fill(doc: Doc, raw: Any, integrated: Any, values: Mapping[str, Any]) -> None:
@@ -159,8 +188,15 @@ def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
     nested Map), which cost more than the inserts themselves for the handful of fields a write sets.
     """
     try:
-        with ymap.doc.transaction() as txn:
-            _fill(ymap.doc, txn._txn, ymap.integrated, values)
+        doc, integrated = ymap._doc, ymap._integrated
+        if doc is None or integrated is None:
+            raise AttributeError("not integrated")
+        raw = _active(doc)
+        if raw is not None:
+            _fill(doc, raw, integrated, values)
+        else:
+            with doc.transaction() as txn:
+                _fill(doc, txn._txn, integrated, values)
         return
     except AttributeError:  # another pycrdt's internals: the public, slower writes
         pass
@@ -171,9 +207,16 @@ def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
 def insert_map(ymap: Map, key: str, values: Mapping[str, Any]) -> None:
     """`ymap[key] = Map(values)` (inside a write), the new map filled as `set_fields` fills one."""
     try:
-        with ymap.doc.transaction() as txn:
-            raw = txn._txn
-            _fill(ymap.doc, raw, ymap.integrated.insert_map_prelim(raw, key), values)
+        doc, integrated = ymap._doc, ymap._integrated
+        if doc is None or integrated is None:
+            raise AttributeError("not integrated")
+        raw = _active(doc)
+        if raw is not None:
+            _fill(doc, raw, integrated.insert_map_prelim(raw, key), values)
+        else:
+            with doc.transaction() as txn:
+                raw = txn._txn
+                _fill(doc, raw, integrated.insert_map_prelim(raw, key), values)
         return
     except AttributeError:  # another pycrdt's internals: the public, slower write
         pass

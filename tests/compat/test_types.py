@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import fields
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, Type
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import compat
 from compat.checksums import compute_checksum
@@ -405,3 +408,51 @@ def test_real_records_round_trip_with_their_checksums(real_data_dir: Path) -> No
         assert entity.compute_checksum() == wrapper["_checksum"], path.name
         seen.add(data["entity_type"])
     assert seen == set(ENTITY_CLASSES)
+
+
+_FIELD_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    | st.tuples(inner) | st.sets(st.integers(), max_size=2),
+    max_leaves=10,
+)
+
+
+def _containers(value: Any) -> list[int]:
+    """Ids of every mutable container inside ``value``."""
+    if isinstance(value, dict):
+        return [id(value)] + [i for item in value.values() for i in _containers(item)]
+    if isinstance(value, (list, set)):
+        return [id(value)] + [i for item in value for i in _containers(item)]
+    if isinstance(value, tuple):
+        return [i for item in value for i in _containers(item)]
+    return []
+
+
+@settings(max_examples=200, deadline=None)
+@given(_FIELD_VALUES)
+def test_field_copies_are_deep_copies(value: Any) -> None:
+    """``to_dict`` / ``from_dict`` copy field values as ``copy.deepcopy`` would: equal, nothing mutable shared."""
+    task = Task(id="T-1", properties={"v": value}, metadata={"m": [value]})
+    data = task.to_dict()
+    assert data == copy.deepcopy(task.to_dict())
+    assert not set(_containers(data["properties"])) & set(_containers(task.properties))
+    assert not set(_containers(data["metadata"])) & set(_containers(task.metadata))
+    rebuilt = Task.from_dict(data)
+    assert rebuilt.properties == task.properties
+    assert not set(_containers(rebuilt.properties)) & set(_containers(data["properties"]))
+
+
+def test_field_copies_of_deep_or_cyclic_values_fall_back_to_deepcopy() -> None:
+    deep: Any = "leaf"
+    for _ in range(60):
+        deep = {"d": [deep]}
+    cyclic: list = []
+    cyclic.append(cyclic)
+    task = Task(id="T-1", properties={"deep": deep, "cyclic": cyclic})
+    data = task.to_dict()
+    assert data["properties"]["deep"] == deep and data["properties"]["deep"] is not deep
+    level = data["properties"]["cyclic"]
+    for _ in range(100):
+        assert level is not cyclic and len(level) == 1
+        level = level[0]
