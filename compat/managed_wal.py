@@ -213,6 +213,26 @@ def scan_wal(wal_file: Union[str, Path]) -> WalScan:
 USERS_FILE_NAME = ".wal.users"
 """Held shared (flock) by every process with the WAL open; exclusively only by one that is alone."""
 
+def _flat_canonical(data: Dict[str, Any]) -> str:
+    """The canonical JSON of an entry's data: written here for the flat dicts of strings and ints every
+    entry of a transaction carries (the encoder builds itself anew per call), else by the encoder."""
+    if type(data) is dict:
+        parts = []
+        for key in sorted(data) if all(type(key) is str for key in data) else ():
+            value = data[key]
+            kind = type(value)
+            if kind is str:
+                parts.append(f"{encode_basestring_ascii(key)}:{encode_basestring_ascii(value)}")
+            elif kind is int:
+                parts.append(f"{encode_basestring_ascii(key)}:{value}")
+            else:
+                break
+        else:
+            if len(parts) == len(data):
+                return "{" + ",".join(parts) + "}"
+    return CANONICAL_JSON.encode(data)
+
+
 def entry_line(seq: int, ts: str, tx_id: str, operation: str, data: Dict[str, Any]) -> bytes:
     """One WAL line: the canonical JSON of ``{seq, ts, tx, op, data}`` with its checksum added last.
 
@@ -220,7 +240,7 @@ def entry_line(seq: int, ts: str, tx_id: str, operation: str, data: Dict[str, An
     sort and walk a dict built for the purpose, twice the cost); anything but the usual
     types goes through that encoder."""
     if type(seq) is int and type(ts) is str and type(tx_id) is str and type(operation) is str:
-        text = (f'{{"data":{CANONICAL_JSON.encode(data)},"op":{encode_basestring_ascii(operation)},"seq":{seq},'
+        text = (f'{{"data":{_flat_canonical(data)},"op":{encode_basestring_ascii(operation)},"seq":{seq},'
                 f'"ts":{encode_basestring_ascii(ts)},"tx":{encode_basestring_ascii(tx_id)}}}')
         canonical = text.encode("ascii")
     else:

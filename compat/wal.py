@@ -9,9 +9,11 @@ file, and sequence numbers stay strictly increasing on one directory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Union
 
 from compat.checksums import compute_checksum
 from compat.config import DurabilityMode
-from compat.locking import ProcessLock
+from compat.locking import INITIAL_BACKOFF, MAX_BACKOFF
 from compat.types import utc_now_iso
 
 WAL_FILE_NAME = "current.wal"
@@ -142,7 +144,7 @@ class WALManager:
         self.wal_file: Path = self.wal_dir / WAL_FILE_NAME
         self.seq_file: Path = self.wal_dir / SEQUENCE_FILE_NAME
         self._thread_lock = threading.RLock()
-        self._file_lock = ProcessLock(self.wal_dir / LOCK_FILE_NAME, reentrant=True)
+        self._file_lock = AppendLock(self.wal_dir / LOCK_FILE_NAME)
         self._sequence: int = max(self._read_sequence_file(), self._last_logged_seq())
 
     # ------------------------------------------------------------- writing
@@ -309,10 +311,59 @@ class WALManager:
         return max((s for s in seqs if isinstance(s, int)), default=0)
 
 
+class AppendLock:
+    """``wal/.wal.lock`` as every appender takes it: an exclusive ``flock``, reentrant in this object.
+
+    Not a ProcessLock: the kernel drops a flock when its holder dies, so it is never stale, and
+    stale recovery here would unlink the file while a managed WAL (which keeps its descriptor
+    open and writes no holder pid) holds it, letting two processes append with one sequence
+    number. Callers serialise their threads (the manager's thread lock)."""
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        self._fd: Optional[int] = None
+        self._count = 0
+        self._pid = 0
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock, retrying with backoff for up to ``timeout`` seconds; False when it stays held."""
+        if self._fd is not None:
+            if self._pid == os.getpid():
+                self._count += 1
+                return True
+            os.close(self._fd)
+            self._fd = None
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        delay = INITIAL_BACKOFF
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    os.close(fd)
+                    return False
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, MAX_BACKOFF)
+        self._fd, self._count, self._pid = fd, 1, os.getpid()
+        return True
+
+    def release(self) -> None:
+        """Undo one acquire; the last closes the descriptor, which releases the flock."""
+        if self._fd is None:
+            return
+        self._count -= 1
+        if self._count == 0:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
 class _AppendGuard:
     """Context manager holding the manager's thread lock and its cross-process lock file."""
 
-    def __init__(self, thread_lock: "threading.RLock", file_lock: ProcessLock) -> None:
+    def __init__(self, thread_lock: "threading.RLock", file_lock: AppendLock) -> None:
         self._thread_lock = thread_lock
         self._file_lock = file_lock
 

@@ -169,7 +169,9 @@ def _fill(doc: Doc, raw: Any, integrated: Any, values: Mapping[str, Any]) -> Non
     a preliminary Map as a nested map filled the same way (and bound, as pycrdt binds it), other shared
     types through pycrdt."""
     for key, value in values.items():
-        if type(value) is Map and value._integrated is None:
+        if type(value) in _PRIMITIVES:
+            integrated.insert(raw, key, value)
+        elif type(value) is Map and value._integrated is None:
             nested = integrated.insert_map_prelim(raw, key)
             content = value._integrate(doc, nested)
             if content:

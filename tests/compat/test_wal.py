@@ -506,6 +506,39 @@ def test_a_commits_prepare_and_commit_lines_are_adjacent_while_other_processes_a
             assert (entries[at + 1]["op"], entries[at + 1]["tx"]) == ("TX_COMMIT", entry["tx"])
 
 
+def test_a_plain_appender_waits_for_a_managed_holder_and_never_replaces_the_lock(
+    tmp_path: Path, spawn: Callable[..., Child]
+) -> None:
+    """`.wal.lock` is a flock for every appender, never taken for stale: a plain WALManager in another
+    process waits while a managed WAL holds it (no holder pid in the file), rather than replacing the
+    file and appending beside it with the same sequence number."""
+    import os
+    import time
+
+    from compat.managed_wal import _FILES
+
+    managed = ManagedWAL(tmp_path)
+    managed.log_tx_begin("before", 0)
+    shared = _FILES.get(tmp_path.resolve())
+    assert shared is not None
+    lock_inode = os.stat(tmp_path / ".wal.lock").st_ino
+    with shared.exclusive():
+        worker = spawn(WAL_WORKER, str(tmp_path), "1", "P", "plain")
+        worker.expect("ready")
+        worker.send("go")
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert os.stat(tmp_path / ".wal.lock").st_ino == lock_inode
+            assert [entry["tx"] for entry in managed.replay()] == ["before"]
+            time.sleep(0.05)
+        managed.log_tx_begin("held", 0)
+    worker.expect("done", timeout=60)
+    assert worker.finish() == 0
+    managed.close()
+    entries = WALManager(tmp_path).replay()
+    assert [(entry["seq"], entry["tx"]) for entry in entries] == [(1, "before"), (2, "held"), (3, "P-0")]
+
+
 def test_a_plain_wal_and_a_managed_one_share_one_sequence(tmp_path: Path) -> None:
     """The managed WAL persists the sequence file only when it closes; a plain WALManager appending
     meanwhile continues from the last line, not from that file, so no seq is used twice."""
