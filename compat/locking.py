@@ -164,9 +164,24 @@ class ProcessLock:
         if fd is not None:
             self._take(fd)
             return True
-        if not self._is_stale_lock():
+        if self._held_shared() or not self._is_stale_lock():
             return False
         return self._recover_stale()
+
+    def _held_shared(self) -> bool:
+        """True when the file is held by shared holders only (commits of a transaction manager, which write
+        no pid): they are live by definition, so the file must not be taken for stale."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+        finally:
+            _close_quietly(fd)
 
     def _open_locked(self) -> Optional[int]:
         """Open ``lock_path`` and ``flock`` it without blocking; the locked fd, or None when held elsewhere."""

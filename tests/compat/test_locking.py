@@ -743,3 +743,22 @@ def _pid_gone(pid: int) -> bool:
 
 def test_module_uses_os_at_call_time() -> None:
     assert compat.locking.os is os
+
+
+def test_a_file_held_shared_by_commits_is_not_taken_for_stale(lock_path: Path, dead_pid: int) -> None:
+    """A transaction manager's commits hold the lock file shared and write no pid; a ProcessLock finding
+    a dead pid in it waits for them instead of unlinking the file under them."""
+    from compat.tx_manager import _CommitGate
+
+    _write(lock_path, {"pid": dead_pid, "acquired_at": time.time()})
+    inode = lock_path.stat().st_ino
+    gate = _CommitGate.enter(ProcessLock(lock_path), timeout=1.0)
+    explicit = ProcessLock(lock_path)
+    try:
+        assert explicit.acquire(timeout=0.3) is False
+        assert lock_path.stat().st_ino == inode
+    finally:
+        gate.leave()
+    assert explicit.acquire(timeout=1.0) is True
+    assert lock_path.stat().st_ino == inode
+    explicit.release()
