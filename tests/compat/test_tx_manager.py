@@ -297,3 +297,31 @@ def test_close_releases_the_replica(tmp_path: Path) -> None:
         assert reopened.collection("got_entities").ids() == ["T-1"]
     with TransactionManager(tmp_path / "got") as again:
         assert again.store.read("T-1").title == "t" and again.store.current_version() == 1
+
+
+@pytest.mark.parametrize("mode", [DurabilityMode.PARANOID, DurabilityMode.BALANCED])
+def test_no_commit_holds_the_wal_lock_while_it_fsyncs(tmp_path: Path, mode: DurabilityMode) -> None:
+    """Other processes' WAL lines (and so their commits) never wait for a commit's fsync: the lock a
+    commit may hold from TX_PREPARE to TX_COMMIT is free whenever the replica log fsyncs."""
+    free: List[bool] = []
+
+    def observe(_seconds: float) -> None:
+        fd = os.open(tmp_path / "wal" / ".wal.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free.append(True)
+        except BlockingIOError:
+            free.append(False)
+        finally:
+            os.close(fd)
+
+    with TransactionManager(tmp_path, mode) as manager:
+        log = manager.replica._log
+        assert log is not None
+        log.fsync_observer = observe
+        for i in range(5):
+            tx = manager.begin()
+            manager.write(tx, Task(id=f"T-{i}", title="t"))
+            assert manager.commit(tx).success
+        log.fsync_observer = None
+    assert len(free) >= 5 and all(free)
