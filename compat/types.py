@@ -75,7 +75,14 @@ def utc_now_iso() -> str:
 
 
 def _later_than(previous: str) -> str:
-    """A UTC timestamp for now that is guaranteed to differ from (and follow) ``previous``."""
+    """A UTC timestamp for now that is guaranteed to differ from (and follow) ``previous``.
+
+    Two timestamps both in ``utc_now_iso``'s full form (microseconds, ``+00:00``) compare as
+    text in time order, which spares parsing ``previous`` on every version bump."""
+    stamp = utc_now_iso()
+    if (type(previous) is str and len(previous) == len(stamp) == 32 and previous[19] == "."
+            and previous.endswith("+00:00") and stamp > previous):
+        return stamp
     now = datetime.now(timezone.utc)
     try:
         before = datetime.fromisoformat(previous)

@@ -278,6 +278,25 @@ def _float_fields(cls: type) -> Tuple[str, ...]:
     return tuple(spec.name for spec in fields(cls) if spec.type in ("float", float))
 
 
+@functools.lru_cache(maxsize=None)
+def _copies_plainly(cls: type) -> bool:
+    """True when ``copy.copy`` of a ``cls`` instance is a new instance with the same ``__dict__`` (no
+    ``__copy__``, ``__reduce__``, ``__getstate__`` or slots of its own)."""
+    return (getattr(cls, "__copy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__ and cls.__getstate__ is object.__getstate__
+            and not any("__slots__" in vars(base) for base in cls.__mro__[:-1]))
+
+
+def _shallow_copy(entity: Entity) -> Entity:
+    """``copy.copy(entity)`` without the reduce protocol's round trip where the class allows it."""
+    cls = type(entity)
+    if not _copies_plainly(cls):
+        return copy.copy(entity)
+    twin = object.__new__(cls)
+    twin.__dict__.update(entity.__dict__)
+    return twin
+
+
 def stored_checksum(data: Mapping[str, Any]) -> str:
     """The checksum of ``data`` as the replica will give it back.
 
@@ -775,7 +794,7 @@ class ReplicaEntities:
             raise ValidationError(
                 f"Invalid entity id {entity.id!r}: {exc}", entity_type=entity.entity_type, errors=[str(exc)]
             ) from None
-        bumped = copy.copy(entity)
+        bumped = _shallow_copy(entity)
         bumped.bump_version()
         data = bumped.to_dict()
         try:

@@ -6,7 +6,7 @@ import copy
 import json
 import re
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, Type
 
@@ -456,3 +456,30 @@ def test_field_copies_of_deep_or_cyclic_values_fall_back_to_deepcopy() -> None:
     for _ in range(100):
         assert level is not cyclic and len(level) == 1
         level = level[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc)))
+def test_later_than_follows_any_utc_timestamp_in_isoformat(before: datetime) -> None:
+    """Past or future, with or without microseconds: the bumped time is later than ``previous`` and
+    written as ``datetime.isoformat`` writes it (the text comparison shortcut changes neither)."""
+    from compat.types import _later_than
+
+    stamp = _later_than(before.isoformat())
+    after = datetime.fromisoformat(stamp)
+    assert after > before and stamp == after.isoformat()
+    assert after >= datetime.now(timezone.utc) - timedelta(seconds=5) or before > datetime.now(timezone.utc)
+
+
+def test_shallow_copies_are_copy_copy() -> None:
+    import compat.versioned_store as store
+
+    class Custom(Task):
+        def __copy__(self) -> "Custom":
+            twin = Custom(id=self.id, title="copied")
+            return twin
+
+    task = Task(id="T-1", title="x", properties={"a": [1]})
+    twin = store._shallow_copy(task)
+    assert type(twin) is Task and twin == task and twin is not task and twin.properties is task.properties
+    assert store._shallow_copy(Custom(id="T-2", title="x")).title == "copied"
