@@ -213,6 +213,7 @@ def scan_wal(wal_file: Union[str, Path]) -> WalScan:
 USERS_FILE_NAME = ".wal.users"
 """Held shared (flock) by every process with the WAL open; exclusively only by one that is alone."""
 
+
 def _flat_canonical(data: Dict[str, Any]) -> str:
     """The canonical JSON of an entry's data: written here for the flat dicts of strings and ints every
     entry of a transaction carries (the encoder builds itself anew per call), else by the encoder."""
