@@ -408,8 +408,9 @@ class Replica:
         in PARANOID and BALANCED modes (concurrent transactions share one fsync). Each
         write is validated before it touches the Doc; a Doc transaction cannot be rolled
         back, so writes made before an exception in the block stay applied. With
-        `wait=False` it returns before the fsync: call `wait_durable(replica.last_lsn)`
-        later, for instance after releasing a lock, so that other committers share it.
+        `wait=False` a BALANCED transaction returns before the fsync: call
+        `wait_durable(replica.last_lsn)` later, for instance after releasing a lock, so that
+        other committers share it (PARANOID still fsyncs before returning, as every write).
         """
         scope = _WriteScope(self, None, transaction=wait)
         with scope:

@@ -79,6 +79,21 @@ def _active(doc: Doc) -> Any:
     return txn._txn if txn is not None else None
 
 
+def _acting(ymap: Map, action: Callable[[Doc, Any, Any], Any]) -> Any:
+    """`action(doc, yrs transaction, integrated map)` in the Doc's active transaction, else in a new one.
+
+    AttributeError when `ymap` is not integrated (or pycrdt's internals differ): callers then
+    take pycrdt's public, slower path."""
+    doc, integrated = ymap._doc, ymap._integrated
+    if doc is None or integrated is None:
+        raise AttributeError("not integrated")
+    raw = _active(doc)
+    if raw is not None:
+        return action(doc, raw, integrated)
+    with doc.transaction() as txn:
+        return action(doc, txn._txn, integrated)
+
+
 _FALLBACK = object()
 """Returned by an inner helper when the entry needs pycrdt's public (slower) path."""
 
@@ -104,13 +119,7 @@ def get_entry(ymap: Map, key: str) -> tuple[bool, Any]:
     transactions and wraps the entry before `plain` renders it, which cost twice the read.
     """
     try:
-        doc, integrated = ymap._doc, ymap._integrated
-        raw = _active(doc)
-        if raw is not None:
-            found = _entry_in(raw, integrated, key)
-        else:
-            with doc.transaction() as txn:
-                found = _entry_in(txn._txn, integrated, key)
+        found = _acting(ymap, lambda _doc, raw, integrated: _entry_in(raw, integrated, key))
         if found is not _FALLBACK:
             return found  # type: ignore[no-any-return]
     except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
@@ -135,12 +144,7 @@ def _map_in(raw: Any, doc: Doc, integrated: Any, key: str, content: bool) -> tup
 
 def _map_and_content(ymap: Map, key: str, content: bool) -> tuple[Map | None, dict[str, Any] | None]:
     try:
-        doc, integrated = ymap._doc, ymap._integrated
-        raw = _active(doc)
-        if raw is not None:
-            return _map_in(raw, doc, integrated, key, content)
-        with doc.transaction() as txn:
-            return _map_in(txn._txn, doc, integrated, key, content)
+        return _acting(ymap, lambda doc, raw, integrated: _map_in(raw, doc, integrated, key, content))  # type: ignore[no-any-return]
     except (AttributeError, TypeError):  # another pycrdt's internals: the public, slower read
         pass
     entry = ymap.get(key)
@@ -190,15 +194,7 @@ def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
     nested Map), which cost more than the inserts themselves for the handful of fields a write sets.
     """
     try:
-        doc, integrated = ymap._doc, ymap._integrated
-        if doc is None or integrated is None:
-            raise AttributeError("not integrated")
-        raw = _active(doc)
-        if raw is not None:
-            _fill(doc, raw, integrated, values)
-        else:
-            with doc.transaction() as txn:
-                _fill(doc, txn._txn, integrated, values)
+        _acting(ymap, lambda doc, raw, integrated: _fill(doc, raw, integrated, values))
         return
     except AttributeError:  # another pycrdt's internals: the public, slower writes
         pass
@@ -209,16 +205,7 @@ def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
 def insert_map(ymap: Map, key: str, values: Mapping[str, Any]) -> None:
     """`ymap[key] = Map(values)` (inside a write), the new map filled as `set_fields` fills one."""
     try:
-        doc, integrated = ymap._doc, ymap._integrated
-        if doc is None or integrated is None:
-            raise AttributeError("not integrated")
-        raw = _active(doc)
-        if raw is not None:
-            _fill(doc, raw, integrated.insert_map_prelim(raw, key), values)
-        else:
-            with doc.transaction() as txn:
-                raw = txn._txn
-                _fill(doc, raw, integrated.insert_map_prelim(raw, key), values)
+        _acting(ymap, lambda doc, raw, integrated: _fill(doc, raw, integrated.insert_map_prelim(raw, key), values))
         return
     except AttributeError:  # another pycrdt's internals: the public, slower write
         pass
