@@ -671,13 +671,14 @@ class ReplicaEntities:
                 generation = self._generation
             with self._verify_lock:
                 touches = self._touches.get(entity_id, 0)
-            current = version >= self.current_version()
-            if current:
-                entity, stamp = self._read_stamped(entity_id)
-            else:
-                stamp = self.board_stamp(entity_id)
-                entity = self.read_at_version(entity_id, version)
-            clock = self.base_clock(entity_id)
+            with self.replica.access.snapshot():
+                current = version >= self.current_version()
+                if current:
+                    entity, stamp = self._read_stamped(entity_id)
+                else:
+                    stamp = self.board_stamp(entity_id)
+                    entity = self.read_at_version(entity_id, version)
+                clock = self.base_clock(entity_id)
             with self._clock_lock:
                 if generation == self._generation:
                     break

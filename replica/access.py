@@ -1,7 +1,8 @@
 """DocAccess: the one narrow way the replica's collections reach its Doc.
 
 A collection (tasks, graph, counters, lessons, records) reads inside `read()` (which first
-applies what other processes appended to the shared log) and writes inside `write()` (one
+applies what other processes appended to the shared log; `snapshot()` for several reads
+that share one Doc transaction) and writes inside `write()` (one
 Doc transaction, one log record, appended under the log's cross-process lock). It never
 touches the replica's locks or log itself, so the replica may change how it serialises
 and persists without touching them.
@@ -43,6 +44,10 @@ class DocAccess:
     def read(self) -> ContextManager[None]:
         """A consistent, fresh view: every write any local process acknowledged before it began."""
         return self._replica._read_scope()
+
+    def snapshot(self) -> ContextManager[None]:
+        """Like `read()`, for several reads: they share one Doc transaction and see one state (no writes inside)."""
+        return self._replica._snapshot_scope()
 
     def write(self) -> ContextManager[None]:
         """A scope whose writes are (part of) one Doc transaction and one log record."""

@@ -149,6 +149,7 @@ class Replica:
         self._snapshots = snapshots
         self._lock = threading.RLock()
         self._depth = 0
+        self._snapshot = 0
         self._origin: str | None = None
         self._incoming: bytes | None = None
         self._last_lsn = 0
@@ -315,6 +316,10 @@ class Replica:
     def _read_scope(self) -> _ReadScope:
         """A locked view that first applies what other processes appended (see DocAccess.read)."""
         return _ReadScope(self)
+
+    def _snapshot_scope(self) -> _SnapshotScope:
+        """A read scope holding one Doc transaction for every read inside it (see DocAccess.snapshot)."""
+        return _SnapshotScope(self)
 
     def _catch_up(self) -> None:
         """Apply the records other local processes appended since this one last looked.
@@ -727,7 +732,7 @@ class _ReadScope:
         replica = self._replica
         replica._lock.acquire()
         log_ = replica._log
-        if log_ is not None and replica._depth == 0 and not replica._closed and log_.changed():
+        if log_ is not None and replica._depth == 0 and not replica._snapshot and not replica._closed and log_.changed():
             try:
                 with log_.lock():
                     replica._catch_up()
@@ -737,6 +742,43 @@ class _ReadScope:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._replica._lock.release()
+
+
+class _SnapshotScope:
+    """A read scope whose reads share one Doc transaction (opened here unless one is active).
+
+    A read helper acts in the active transaction, so several reads cost one transaction and
+    one look at the shared log instead of one each, and see one state. Nothing may write
+    inside: a write scope refuses (its update would escape the log)."""
+
+    __slots__ = ("_replica", "_txn")
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+        self._txn: Any = None
+
+    def __enter__(self) -> None:
+        replica = self._replica
+        _ReadScope(replica).__enter__()
+        try:
+            if replica._depth == 0 and not replica._snapshot:
+                txn = replica.doc.transaction()
+                txn.__enter__()
+                self._txn = txn
+            replica._snapshot += 1
+        except BaseException:
+            replica._lock.release()
+            raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        replica = self._replica
+        try:
+            replica._snapshot -= 1
+            txn, self._txn = self._txn, None
+            if txn is not None:
+                txn.__exit__(exc_type, exc, tb)
+        finally:
+            replica._lock.release()
 
 
 class _WriteScope:
@@ -761,9 +803,11 @@ class _WriteScope:
     def __enter__(self) -> None:
         replica = self._replica
         replica._lock.acquire()
-        if replica._closed:
+        if replica._closed or replica._snapshot:
             replica._lock.release()
-            raise ClosedError("the replica is closed")
+            if replica._closed:
+                raise ClosedError("the replica is closed")
+            raise RuntimeError("a write inside a snapshot read (DocAccess.snapshot) is not allowed")
         self._outer = replica._depth == 0
         try:
             if self._outer and replica._log is not None:

@@ -459,7 +459,8 @@ class UpdateLog:
         path = self.directory / segment_name(first_lsn)
         minimum = need + SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE
         self._segment = _OpenSegment.create(path, max(self.segment_size, minimum), need=minimum, sync=True,
-                                            write_through=self._write_through, mode=self.file_mode)
+                                            write_through=self._write_through, mode=self.file_mode,
+                                            first=first_lsn)
         self._segment_first = first_lsn
         fsync_directory(self.directory)
 
@@ -476,7 +477,8 @@ class UpdateLog:
                 self._segment = None
             path = self.directory / segment_name(head.segment)
             try:
-                self._segment = _OpenSegment.open(path, head.end, write_through=self._write_through)
+                self._segment = _OpenSegment.open(path, head.end, write_through=self._write_through,
+                                                  first=head.segment)
             except FileNotFoundError:
                 if head.end != SEGMENT_HEADER_SIZE:
                     raise MissingSegmentError(self.directory, head.segment, head.segment, path) from None
@@ -787,40 +789,53 @@ class UpdateLog:
                 break
             else:
                 return
-        path: Path | None = None
+        where: Path = self.directory
         try:
             head = self.lock()
             upto, segment_first, _ = head.position()
-            path = self.directory / segment_name(segment_first)
             if upto > self._durable_lsn:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    fd = None
-                if fd is not None:
-                    started = time.perf_counter()
+                segment = self._segment
+                if segment is not None and segment.first == segment_first and segment.fd >= 0:
+                    where = segment.path
+                    self._sync_descriptor(segment.fd)
+                else:
+                    where = self.directory / segment_name(segment_first)
                     try:
-                        _sync_file(fd)
-                    finally:
-                        os.close(fd)
-                    self.fsync_count += 1
-                    observer = self.fsync_observer
-                    if observer is not None:
-                        observer(time.perf_counter() - started)
+                        fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        fd = None
+                    if fd is not None:
+                        try:
+                            self._sync_descriptor(fd)
+                        finally:
+                            os.close(fd)
             head.note_durable(upto)
         except (OSError, ValueError) as exc:
-            with self._sync_cond:
-                self._failure = exc
-                self._syncing = False
-                self._sync_cond.notify_all()
-            raise StorageError(f"fsync of {path or self.directory} failed: {exc}") from exc
+            self._end_sync(0, exc)
+            raise StorageError(f"fsync of {where} failed: {exc}") from exc
         except BaseException:
-            with self._sync_cond:
-                self._syncing = False
-                self._sync_cond.notify_all()
+            self._end_sync(0, None)
             raise
+        self._end_sync(upto, None)
+
+    def _sync_descriptor(self, fd: int) -> None:
+        """fdatasync `fd`, counted and timed for the observer."""
+        started = time.perf_counter()
+        _sync_file(fd)
+        self.fsync_count += 1
+        observer = self.fsync_observer
+        if observer is not None:
+            observer(time.perf_counter() - started)
+
+    def _end_sync(self, upto: int, failure: BaseException | None) -> None:
+        """Let the next syncing thread go: note what is durable (or the failure), close what was retired.
+
+        A sync may be using the open segment's descriptor, so a roll or a close meanwhile
+        retires that segment (`_close_segment`) and the sync closes it here, when done with it."""
         with self._sync_cond:
             self._durable_lsn = max(self._durable_lsn, upto)
+            if failure is not None:
+                self._failure = failure
             self._syncing = False
             for retired in self._retired:
                 retired.close(truncate=False)
@@ -913,7 +928,7 @@ class UpdateLog:
                 retired.close(truncate=False)
             self._retired.clear()
         if self._segment is not None:
-            self._segment.close(truncate=False)
+            self._close_segment(self._segment)
             self._segment = None
         self._cursor.close()
         if self._head is not None:
@@ -931,9 +946,12 @@ class _OpenSegment:
     """
 
     def __init__(self, path: Path, fd: int, mm: mmap.mmap | None, end: int, capacity: int,
-                 write_through: bool = False) -> None:
+                 write_through: bool = False, first: int = 0) -> None:
         self.path = path
+        self.first = first
+        """The lsn of its first record (its name says it too)."""
         self.fd = fd
+        """-1 once closed: a sync that finds it so opens the file by name instead."""
         self.mm = mm
         self._write_through = write_through
         self.end = end
@@ -943,7 +961,7 @@ class _OpenSegment:
 
     @classmethod
     def create(cls, path: Path, capacity: int, *, need: int, sync: bool, write_through: bool = False,
-               mode: int = 0o600) -> _OpenSegment:
+               mode: int = 0o600, first: int = 0) -> _OpenSegment:
         """A new segment holding just its header, its space reserved (fsynced unless `sync` is False).
 
         The space is allocated (`posix_fallocate`), not left sparse: a write into a hole of a
@@ -961,10 +979,10 @@ class _OpenSegment:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        return cls(path, fd, mm, len(header), size, write_through)
+        return cls(path, fd, mm, len(header), size, write_through, first)
 
     @classmethod
-    def open(cls, path: Path, end: int, *, write_through: bool = False) -> _OpenSegment:
+    def open(cls, path: Path, end: int, *, write_through: bool = False, first: int = 0) -> _OpenSegment:
         """Reopen an existing segment whose published records end at `end`, at its current size."""
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -973,7 +991,7 @@ class _OpenSegment:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, mm, end, size, write_through)
+        return cls(path, fd, mm, end, size, write_through, first)
 
     def reserve(self, capacity: int, need: int) -> None:
         """Allocate room for appends up to `capacity` (at least `need` bytes past the end), remapping.
@@ -1034,4 +1052,5 @@ class _OpenSegment:
             if truncate:
                 os.ftruncate(self.fd, self.end)
         finally:
-            os.close(self.fd)
+            fd, self.fd = self.fd, -1
+            os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -185,6 +186,54 @@ def test_concurrent_transactions_share_fsyncs(tmp_path: Path, slow_fsync: None, 
     with Replica.open(tmp_path) as r:
         assert len(task_ids(r)) == commits
 
+
+@pytest.mark.parametrize("mode", ["balanced", "paranoid"])
+def test_a_sync_uses_the_open_segments_descriptor_and_a_roll_meanwhile_retires_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """A group-commit fsync goes through the descriptor of the segment this process appends to (no
+    open by name); a roll while it runs leaves that descriptor open until the fsync is done."""
+    real = update_log._sync_file
+    entered, release = threading.Event(), threading.Event()
+    used: list[int] = []
+    failures: list[BaseException] = []
+
+    def held(fd: int) -> None:
+        if threading.current_thread().name == "syncer" and not used:
+            used.append(fd)
+            entered.set()
+            release.wait(timeout=10)
+            os.fstat(fd)
+        real(fd)
+
+    with Replica.open(tmp_path, durability=mode, flush_interval=30.0) as r:
+        log_ = r._log
+        assert log_ is not None
+        r.tasks.create("x", id="t0")
+        segment = log_._segment
+        assert segment is not None and segment.fd >= 0
+        monkeypatch.setattr(update_log, "_sync_file", held)
+
+        def sync() -> None:
+            try:
+                with r.transaction():
+                    r.tasks.create("x", id="t1")
+            except BaseException as exc:
+                failures.append(exc)
+
+        syncer = threading.Thread(target=sync, name="syncer")
+        syncer.start()
+        assert entered.wait(timeout=10)
+        assert used == [segment.fd]
+        log_.roll()
+        assert log_._segment is not segment
+        assert segment.fd >= 0, "the segment a sync is using was closed under it"
+        release.set()
+        syncer.join(timeout=10)
+        assert not failures
+        assert segment.fd == -1
+        assert r.durable_lsn >= r.last_lsn
+        assert r.tasks.get("t1") is not None
 
 # -- LAZY -----------------------------------------------------------------------------
 
