@@ -27,7 +27,7 @@ from pycrdt import Array, Map
 
 from .errors import NotFoundError
 from .models import iso_now, same_json
-from .schema import observe_touched, plain, set_fields
+from .schema import append_plain, observe_touched, plain, set_fields
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -295,7 +295,7 @@ class WriteHistory:
                 if not isinstance(slot, Array):
                     slot = self._writes[slot_key] = Array()
                 self._slot_cache[record_id] = slot
-            slot.insert(len(slot), body)
+            append_plain(slot, body)
             key = f"{slot_key}|{seq}"
         else:
             key = f"{record_id}|{writer}|{seq}"

@@ -79,8 +79,8 @@ def _active(doc: Doc) -> Any:
     return txn._txn if txn is not None else None
 
 
-def _acting(ymap: Map, action: Callable[[Doc, Any, Any], Any]) -> Any:
-    """`action(doc, yrs transaction, integrated map)` in the Doc's active transaction, else in a new one.
+def _acting(ymap: Map | Array, action: Callable[[Doc, Any, Any], Any]) -> Any:
+    """`action(doc, yrs transaction, integrated map or array)` in the Doc's active transaction, else in a new one.
 
     AttributeError when `ymap` is not integrated (or pycrdt's internals differ): callers then
     take pycrdt's public, slower path."""
@@ -200,6 +200,19 @@ def set_fields(ymap: Map, values: Mapping[str, Any]) -> None:
         pass
     for key, value in values.items():
         ymap[key] = value
+
+
+def append_plain(yarray: Array, value: dict[str, Any]) -> None:
+    """`yarray.append(value)` for a plain JSON object (inside a write), in the active transaction.
+
+    pycrdt's `insert` (a slice assignment) opens four transactions and measures the array
+    twice; a write record is appended on every write."""
+    try:
+        _acting(yarray, lambda _doc, raw, integrated: integrated.insert(raw, integrated.len(raw), value))
+        return
+    except AttributeError:  # another pycrdt's internals: the public, slower append
+        pass
+    yarray.append(value)
 
 
 def insert_map(ymap: Map, key: str, values: Mapping[str, Any]) -> None:

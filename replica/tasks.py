@@ -27,8 +27,8 @@ from .models import (
     utc_now,
     validate_field,
 )
-from .schema import (MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, insert_map, map_entry, plain, record_dict,
-                     record_dicts, set_fields)
+from .schema import (MAP_FIELDS, SET_FIELDS, TASKS, as_set_map, get_entry, insert_map, map_at, map_entry, plain,
+                     record_dict, record_dicts, set_fields)
 
 if TYPE_CHECKING:
     from .access import DocAccess
@@ -210,13 +210,12 @@ class TaskBoard:
         drop_props = list(remove_properties) if remove_properties != () else []
         now = iso_now()
         with self._access.write():
-            try:
-                entry = self._root[task_id]
-            except KeyError:
-                raise NotFoundError("task", task_id) from None
-            if not isinstance(entry, Map):
+            entry = map_at(self._root, task_id)
+            if entry is None:
+                if task_id not in self._root:
+                    raise NotFoundError("task", task_id)
                 raise InvalidRecordError("task", task_id, ["record is not a map"])
-            set_fields(entry, scalars)
+            set_fields(entry, {**scalars, "updated_at": now})
             recorded = dict(scalars)
             recorded.update({f"properties.{k}": v for k, v in props.items()})
             recorded.update({f"properties.{k}": None for k in drop_props})
@@ -237,7 +236,6 @@ class TaskBoard:
                 for key in drop_props:
                     if key in bag:
                         del bag[key]
-            entry["updated_at"] = now
 
     @staticmethod
     def _nested(entry: Map, name: str) -> Map:

@@ -1,4 +1,4 @@
-"""The direct writes and reads of replica.schema (set_fields, insert_map, get_entry) against pycrdt's public API."""
+"""The direct writes and reads of replica.schema (set_fields, insert_map, append_plain, get_entry) against pycrdt's public API."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pycrdt import Array, Doc, Map
 import json
 
 from replica.models import from_doc_number
-from replica.schema import doc_json, get_entry, insert_map, plain, set_fields
+from replica.schema import append_plain, doc_json, get_entry, insert_map, plain, set_fields
 
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=4)
@@ -57,6 +57,25 @@ def test_direct_writes_leave_what_the_public_api_leaves(first: dict[str, Any], s
     replica.apply_update(direct.get_update())
     assert _root(replica).to_py() == _root(public).to_py()
     assert get_entry(_root(direct), "k") == (True, plain(_root(public)["k"]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(FIELDS, min_size=1, max_size=5))
+def test_append_plain_appends_what_pycrdt_appends(objects: list[dict[str, Any]]) -> None:
+    """Inside a transaction and outside one, as pycrdt's `append` does, and the update carries it."""
+    direct, public = Doc(), Doc()
+    direct_array = direct.get("a", type=Array)
+    public_array = public.get("a", type=Array)
+    with direct.transaction():
+        append_plain(direct_array, objects[0])
+    public_array.append(objects[0])
+    for item in objects[1:]:
+        append_plain(direct_array, item)
+        public_array.append(item)
+    assert direct_array.to_py() == public_array.to_py()
+    replica = Doc()
+    replica.apply_update(direct.get_update())
+    assert replica.get("a", type=Array).to_py() == public_array.to_py()
 
 
 @settings(max_examples=100, deadline=None)

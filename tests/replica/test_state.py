@@ -39,6 +39,10 @@ def test_task_crud_and_list_filters() -> None:
     assert r.tasks.find("b") is None
     with pytest.raises(NotFoundError):
         r.tasks.delete("b")
+    before = r.last_lsn
+    with pytest.raises(NotFoundError):
+        r.tasks.update("b", title="gone")
+    assert r.last_lsn == before and r.tasks.find("b") is None
     generated = r.tasks.create("no id given")
     assert generated.id.startswith("T-") and r.tasks.get(generated.id).title == "no id given"
 
