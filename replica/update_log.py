@@ -795,9 +795,11 @@ class UpdateLog:
             upto, segment_first, _ = head.position()
             if upto > self._durable_lsn:
                 segment = self._segment
-                if segment is not None and segment.first == segment_first and segment.fd >= 0:
+                own = segment.fd if segment is not None and segment.first == segment_first else -1
+                if own >= 0:
+                    assert segment is not None
                     where = segment.path
-                    self._sync_descriptor(segment.fd)
+                    self._sync_descriptor(own)
                 else:
                     where = self.directory / segment_name(segment_first)
                     try:
@@ -922,11 +924,13 @@ class UpdateLog:
         self._drop_files()
 
     def _drop_files(self) -> None:
-        """Close every descriptor and map this log holds (no I/O beyond close)."""
+        """Close every descriptor and map this log holds (no I/O beyond close); a segment an fsync in
+        flight is using is retired instead, and that fsync closes it when it ends."""
         with self._sync_cond:
-            for retired in self._retired:
-                retired.close(truncate=False)
-            self._retired.clear()
+            if not self._syncing:
+                for retired in self._retired:
+                    retired.close(truncate=False)
+                self._retired.clear()
         if self._segment is not None:
             self._close_segment(self._segment)
             self._segment = None
