@@ -264,7 +264,6 @@ class UpdateLog:
         self._sync_cond = threading.Condition()
         self._flusher_wake = threading.Condition()
         self._segment: _OpenSegment | None = None
-        self._segment_first = 0
         self._retired: list[_OpenSegment] = []
         self._append_end = 0
         self._last_segment: int | None = None
@@ -461,7 +460,6 @@ class UpdateLog:
         self._segment = _OpenSegment.create(path, max(self.segment_size, minimum), need=minimum, sync=True,
                                             write_through=self._write_through, mode=self.file_mode,
                                             first=first_lsn)
-        self._segment_first = first_lsn
         fsync_directory(self.directory)
 
     def _follow_head(self) -> None:
@@ -483,7 +481,6 @@ class UpdateLog:
                 if head.end != SEGMENT_HEADER_SIZE:
                     raise MissingSegmentError(self.directory, head.segment, head.segment, path) from None
                 self._start_segment(head.segment, 0)
-            self._segment_first = head.segment
         self._segment.end = head.end
 
     def prepare_append(self, headroom: int | None = None) -> None:
@@ -514,6 +511,12 @@ class UpdateLog:
             if at_end:
                 self._cursor_to_segment(self._segment_first)
                 self._cursor.lsn = head.last_lsn
+
+    @property
+    def _segment_first(self) -> int:
+        """The first lsn of the segment this process appends to (the name of the open segment)."""
+        assert self._segment is not None
+        return self._segment.first
 
     def _close_segment(self, segment: _OpenSegment) -> None:
         with self._sync_cond:
@@ -682,11 +685,11 @@ class UpdateLog:
             except (OSError, ValueError) as exc:
                 self._failure = exc
                 raise StorageError(f"cannot append to {segment.path if segment else self.directory}: {exc}") from exc
-            head.publish(self._segment_first, segment.end, lsn)
+            head.publish(segment.first, segment.end, lsn)
             if at_end:
                 cursor = self._cursor
-                if cursor.segment != self._segment_first:
-                    self._cursor_to_segment(self._segment_first)
+                if cursor.segment != segment.first:
+                    self._cursor_to_segment(segment.first)
                 cursor.offset = segment.end
                 cursor.lsn = lsn
             self._written_lsn = lsn
@@ -839,10 +842,14 @@ class UpdateLog:
             if failure is not None:
                 self._failure = failure
             self._syncing = False
-            for retired in self._retired:
-                retired.close(truncate=False)
-            self._retired.clear()
+            self._close_retired()
             self._sync_cond.notify_all()
+
+    def _close_retired(self) -> None:
+        """Close the segments set aside while an fsync was running (`_sync_cond` held, no fsync running)."""
+        for retired in self._retired:
+            retired.close(truncate=False)
+        self._retired.clear()
 
     def _flush_loop(self) -> None:
         """BALANCED mode: fsync within `flush_interval` of the first unsynced write.
@@ -928,9 +935,7 @@ class UpdateLog:
         flight is using is retired instead, and that fsync closes it when it ends."""
         with self._sync_cond:
             if not self._syncing:
-                for retired in self._retired:
-                    retired.close(truncate=False)
-                self._retired.clear()
+                self._close_retired()
         if self._segment is not None:
             self._close_segment(self._segment)
             self._segment = None
@@ -950,7 +955,7 @@ class _OpenSegment:
     """
 
     def __init__(self, path: Path, fd: int, mm: mmap.mmap | None, end: int, capacity: int,
-                 write_through: bool = False, first: int = 0) -> None:
+                 write_through: bool, first: int) -> None:
         self.path = path
         self.first = first
         """The lsn of its first record (its name says it too)."""
@@ -965,7 +970,7 @@ class _OpenSegment:
 
     @classmethod
     def create(cls, path: Path, capacity: int, *, need: int, sync: bool, write_through: bool = False,
-               mode: int = 0o600, first: int = 0) -> _OpenSegment:
+               mode: int = 0o600, first: int) -> _OpenSegment:
         """A new segment holding just its header, its space reserved (fsynced unless `sync` is False).
 
         The space is allocated (`posix_fallocate`), not left sparse: a write into a hole of a
@@ -986,7 +991,7 @@ class _OpenSegment:
         return cls(path, fd, mm, len(header), size, write_through, first)
 
     @classmethod
-    def open(cls, path: Path, end: int, *, write_through: bool = False, first: int = 0) -> _OpenSegment:
+    def open(cls, path: Path, end: int, *, write_through: bool = False, first: int) -> _OpenSegment:
         """Reopen an existing segment whose published records end at `end`, at its current size."""
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
