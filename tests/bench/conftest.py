@@ -182,7 +182,9 @@ def run_commit_processes(system: str, got: Path, mode: str, kind: str, processes
 
     Each process opens a TransactionManager on `got` in `mode` (a DurabilityMode name), waits
     until every process is ready, then tries `count` creates (or makes `count` read-modify
-    commits, retrying conflicts) within `limit` seconds; opening is not timed. "floor" runs
+    commits, retrying conflicts) within `limit` seconds; opening is not timed. Before the start, every
+    dirty page on the machine is written out (`os.sync`), so that no system's timing pays for the
+    writeback of the run before it (the older system leaves many unsynced files behind). "floor" runs
     floor_worker.py: the same writes made with raw pycrdt and os calls, and nothing else."""
     env = dict(os.environ)
     cwd = REPO
@@ -209,6 +211,7 @@ def run_commit_processes(system: str, got: Path, mode: str, kind: str, processes
                 worker.kill()
                 _, err = worker.communicate(timeout=30)
                 raise AssertionError(f"{system} worker did not start: {line!r} {err[-2000:]}")
+        os.sync()
         for worker in workers:
             assert worker.stdin is not None
             worker.stdin.write("go\n")

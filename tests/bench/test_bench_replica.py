@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -15,16 +16,18 @@ from pycrdt import Array, Doc, Map
 from replica import Replica
 from replica.models import iso_now
 
-from .conftest import fsync_rate, paired, report
+from .conftest import fsync_rate, note, paired, report
 
 TASKS = 1000
 UPDATES = 20_000
 
 
-def _raw_rate(with_record: bool = False) -> float:
+def _raw_rate(with_record: bool = False, log_dir: Path | None = None) -> float:
     """Raw pycrdt doing the same Y writes a task update does (status and updated_at), no layer; with
     `with_record`, also the write record a task update stores (the same body appended to the task's
-    slot array, the slot cut to its last record every 4th write to it, as compaction does)."""
+    slot array, the slot cut to its last record every 4th write to it, as compaction does); with
+    `log_dir`, each transaction's update also appended to a file there, length first (what keeping
+    a local log costs at least: no lock, no checksum, no fsync)."""
     doc = Doc()
     tasks = doc.get("tasks", type=Map)
     writes = doc.get("tasks_writes", type=Map)
@@ -33,6 +36,12 @@ def _raw_rate(with_record: bool = False) -> float:
     with doc.transaction():
         for i in range(TASKS):
             tasks[f"T{i}"] = Map({"title": "x", "status": "pending", "updated_at": iso_now()})
+    log = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = os.open(log_dir / f"raw-{time.perf_counter_ns()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = log
+        subscription = doc.observe(lambda event: os.write(fd, len(event.update).to_bytes(4, "little") + event.update))
     start = time.perf_counter()
     for i in range(UPDATES):
         with doc.transaction():
@@ -50,7 +59,11 @@ def _raw_rate(with_record: bool = False) -> float:
                                         "at": now, "fields": {"status": status}, "data": {}})
                 if (i // TASKS) % 4 == 3:
                     del slot[: len(slot) - 1]
-    return UPDATES / (time.perf_counter() - start)
+    rate = UPDATES / (time.perf_counter() - start)
+    if log is not None:
+        doc.unobserve(subscription)
+        os.close(log)
+    return rate
 
 
 def _replica_rate(path: Path, mode: str, updates: int) -> float:
@@ -66,21 +79,33 @@ def _replica_rate(path: Path, mode: str, updates: int) -> float:
 @pytest.mark.parametrize("mode", ["lazy", "balanced"])
 def test_task_updates_per_second(tmp_path: Path, mode: str) -> None:
     """A typed task update (with its write record, issue 9) against raw pycrdt's two field writes, and
-    against raw pycrdt writing the same fields and the same write record: the floor of any layer that
-    stores a record per write."""
-    rounds = [(_raw_rate(), _raw_rate(with_record=True),
+    against raw pycrdt writing the same fields and the same write record, with and without appending
+    each update to a file: the floors of any layer that stores a record per write and keeps a log.
+
+    The goal is judged on the median of each round's own ratios (the four runs of a round follow each
+    other within seconds), since this machine's speed moves by up to 2x from one second to the next."""
+    rounds = [(_raw_rate(), _raw_rate(with_record=True), _raw_rate(with_record=True, log_dir=tmp_path / "raw"),
                _replica_rate(tmp_path / f"{mode}-{time.perf_counter_ns()}", mode, UPDATES)) for _ in range(5)]
-    raw, raw_record, ours = (statistics.median(column) for column in zip(*rounds, strict=True))
+    raw, raw_record, raw_logged, ours = (statistics.median(column) for column in zip(*rounds, strict=True))
     report(f"task field updates/s, {mode.upper()}", ours, raw, "upd/s", goal=">= 0.4x (issue 9)",
            baseline_name="raw pycrdt")
     report(f"task field updates/s, {mode.upper()}, vs the same record", ours, raw_record, "upd/s",
            goal="reported", baseline_name="raw+record")
     report("raw pycrdt with the write record vs without", raw_record, raw, "upd/s", goal="reported",
            baseline_name="raw pycrdt")
-    if ours < 0.4 * raw:
-        print(f"\nGOAL NOT MET: a task update with its write record is {ours / raw:.2f}x raw pycrdt's field "
-              f"update; raw pycrdt storing the same record alone is {raw_record / raw:.2f}x")
-    assert ours >= 0.1 * raw, "task updates regressed past 0.1x raw pycrdt"
+    report("raw pycrdt with the write record and a log append vs without", raw_logged, raw, "upd/s",
+           goal="the most a logged update with its record reaches here", baseline_name="raw pycrdt")
+    ratio, record_ratio, logged_ratio = (statistics.median(row[k] / row[0] for row in rounds) for k in (3, 1, 2))
+    note(f"task field updates, {mode.upper()}, per round (ours / raw+record+log / raw+record, each over raw): "
+         + ", ".join(f"{u / r:.2f} / {lg / r:.2f} / {rc / r:.2f}" for r, rc, lg, u in rounds)
+         + f"; medians {ratio:.2f} / {logged_ratio:.2f} / {record_ratio:.2f}")
+    if ratio < 0.4:
+        reach = ("out of reach here: raw pycrdt storing the same record and appending its update to a file is "
+                 f"itself {logged_ratio:.2f}x" if logged_ratio < 0.4 else
+                 f"raw pycrdt storing the same record and appending its update to a file is {logged_ratio:.2f}x")
+        print(f"\nGOAL NOT MET: a task update with its write record is {ratio:.2f}x raw pycrdt's field "
+              f"update; raw pycrdt storing the same record alone is {record_ratio:.2f}x; {reach}")
+    assert ratio >= 0.1, "task updates regressed past 0.1x raw pycrdt"
 
 
 def test_paranoid_updates_vs_raw_fsync(tmp_path: Path) -> None:
