@@ -377,13 +377,15 @@ class Replica:
             self.graph.sweep()
 
     def refresh(self) -> bool:
-        """Apply what other local processes appended, now; True if there was anything."""
+        """Apply what other local processes appended, now; True if there was anything.
+
+        Inside this thread's own read snapshot or write nothing is applied (the snapshot shows one
+        state, a write decided on what it read), so it returns False; the next scope applies it."""
         log_ = self._log
         if log_ is None or not log_.changed():
             return False
         with self._read_scope():
-            pass
-        return True
+            return self._depth == 0 and not self._snapshot
 
     def follow(self, interval: float = FOLLOW_INTERVAL) -> None:
         """Apply other processes' records within `interval` of their append, from a thread (idempotent).

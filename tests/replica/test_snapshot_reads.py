@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def test_a_snapshot_inside_a_write_reads_the_write_in_progress(tmp_path: Path) -
                 assert r.tasks.get("T-1").title == "draft"
             r.tasks.update("T-1", title="final")
         assert r.tasks.get("T-1").title == "final"
+
+
+def test_refresh_inside_a_snapshot_applies_nothing_and_says_so(tmp_path: Path) -> None:
+    """refresh() in the thread's own snapshot returns False and the snapshot keeps its state; a refresh
+    from another thread waits for the snapshot to end and then applies the write."""
+    with Replica.open(tmp_path) as reader, Replica.open(tmp_path) as writer:
+        writer.tasks.create("one", id="T-1")
+        assert reader.refresh() is True
+        result: list[bool] = []
+        with reader.access.snapshot():
+            writer.tasks.update("T-1", title="two")
+            assert reader.refresh() is False
+            assert reader.tasks.get("T-1").title == "one"
+            other = threading.Thread(target=lambda: result.append(reader.refresh()))
+            other.start()
+            assert reader.tasks.get("T-1").title == "one"
+        other.join(timeout=30)
+        assert result == [True]
+        assert reader.refresh() is False
+        assert reader.tasks.get("T-1").title == "two"
+
