@@ -48,6 +48,7 @@ from compat.types import (
 from pycrdt import Map
 
 from replica import Durability, Replica
+from replica.errors import shown
 from replica.models import check_id, check_json, from_doc_number
 from replica.records import Clock, FieldConflict, Records, WriteRecord, join
 from replica.schema import EDGES, NODES, TASKS, observe_touched
@@ -119,7 +120,7 @@ def _is_text(value: Any) -> Optional[str]:
 
 
 def _is_int(value: Any) -> Optional[str]:
-    return None if isinstance(value, int) and not isinstance(value, bool) else f"must be an integer, got {value!r}"
+    return None if isinstance(value, int) and not isinstance(value, bool) else f"must be an integer, got {shown(value)}"
 
 
 def _is_map(value: Any) -> Optional[str]:
@@ -138,7 +139,7 @@ def _is_text_list(value: Any) -> Optional[str]:
 
 def _unit(value: Any) -> Optional[str]:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        return f"must be a number in [0.0, 1.0], got {value!r}"
+        return f"must be a number in [0.0, 1.0], got {shown(value)}"
     return None
 
 
@@ -146,7 +147,7 @@ def _one_of(choices: Iterable[str]) -> _Check:
     allowed = frozenset(choices)
 
     def check(value: Any) -> Optional[str]:
-        return None if value in allowed else f"must be one of {sorted(allowed)}, got {value!r}"
+        return None if value in allowed else f"must be one of {sorted(allowed)}, got {shown(value)}"
 
     return check
 
@@ -793,7 +794,7 @@ class ReplicaEntities:
             check_id(ENTITIES_COLLECTION, entity.id)
         except ValueError as exc:
             raise ValidationError(
-                f"Invalid entity id {entity.id!r}: {exc}", entity_type=entity.entity_type, errors=[str(exc)]
+                f"Invalid entity id {shown(entity.id)}: {exc}", entity_type=entity.entity_type, errors=[str(exc)]
             ) from None
         bumped = _shallow_copy(entity)
         bumped.bump_version()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Map
 
 from .changes import ChangeEvent
-from .errors import FieldError, NotFoundError
+from .errors import FieldError, NotFoundError, shown
 from .models import MAX_SAFE_INT, InvalidRecord, check_id
 from .schema import COUNTERS, get_entry, observe_keys, set_fields
 
@@ -74,7 +74,7 @@ def slot_amounts(raw: Any) -> tuple[int, int] | None:
 
 def _amount(by: Any) -> int:
     if isinstance(by, bool) or not isinstance(by, int) or by < 1:
-        raise FieldError("counter", "by", f"must be a positive integer; got {by!r}")
+        raise FieldError("counter", "by", f"must be a positive integer; got {shown(by)}")
     return by
 
 

@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+SHOWN_CHARS = 80
+"""How much of a rejected value or id an error message repeats (a 100 KB title is named, not echoed)."""
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, cut to SHOWN_CHARS characters with the full length said."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as text"
+    return f"{text[:SHOWN_CHARS]}... ({size})"
+
+
+def _named(ident: str) -> str:
+    """An id as messages quote it: as it is when short, else cut as `shown` cuts it."""
+    return f"'{ident}'" if len(ident) <= SHOWN_CHARS else shown(ident)
 
 
 class ReplicaError(Exception):
@@ -25,7 +43,7 @@ class NotFoundError(ReplicaError, KeyError):
     def __init__(self, kind: str, ident: str) -> None:
         self.kind = kind
         self.ident = ident
-        super().__init__(f"{kind} '{ident}' not found")
+        super().__init__(f"{kind} {_named(ident)} not found")
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -37,7 +55,7 @@ class AlreadyExistsError(ReplicaError):
     def __init__(self, kind: str, ident: str) -> None:
         self.kind = kind
         self.ident = ident
-        super().__init__(f"{kind} '{ident}' already exists")
+        super().__init__(f"{kind} {_named(ident)} already exists")
 
 
 class InvalidRecordError(ReplicaError):
@@ -47,7 +65,7 @@ class InvalidRecordError(ReplicaError):
         self.kind = kind
         self.ident = ident
         self.problems = problems
-        super().__init__(f"{kind} '{ident}' is invalid: " + "; ".join(problems))
+        super().__init__(f"{kind} {_named(ident)} is invalid: " + "; ".join(problems))
 
 
 class InvalidUpdateError(ReplicaError):

@@ -20,7 +20,7 @@ from pycrdt import Map
 from pydantic import ValidationError as PydanticValidationError
 
 from .changes import ChangeEvent
-from .errors import AlreadyExistsError, FieldError, InvalidRecordError, NotFoundError
+from .errors import AlreadyExistsError, FieldError, InvalidRecordError, NotFoundError, shown
 from .history import FieldConflict, WriteHistory, WriteRecord, join
 from .models import (
     Edge,
@@ -350,13 +350,13 @@ class Graph:
         edge_type = validate_field(Edge, "edge", "type", type)
         w = validate_field(Edge, "edge", "weight", weight)
         if not math.isfinite(w):
-            raise FieldError("edge", "weight", f"must be a finite number; got {weight!r}")
+            raise FieldError("edge", "weight", f"must be a finite number; got {shown(weight)}")
         props = check_properties("edge", properties or {})
         key = edge_key(source, edge_type, target)
         with self._access.write():
             for field, node_id in (("source", source), ("target", target)):
                 if node_id not in self._nodes and node_id not in self._tasks:
-                    raise FieldError("edge", field, f"node or task {node_id!r} does not exist")
+                    raise FieldError("edge", field, f"node or task {shown(node_id)} does not exist")
             entry = self._edges.get(key)
             self.edge_history.record(key, _recorded({"weight": w}, props), {}, None)
             if isinstance(entry, Map):
@@ -390,7 +390,7 @@ class Graph:
         edge_type = validate_field(Edge, "edge", "type", type)
         w = validate_field(Edge, "edge", "weight", weight)
         if not math.isfinite(w):
-            raise FieldError("edge", "weight", f"must be a finite number; got {weight!r}")
+            raise FieldError("edge", "weight", f"must be a finite number; got {shown(weight)}")
         props = check_properties("edge", dict(properties))
         key = edge_key(source, edge_type, target)
         with self._access.write():
@@ -648,7 +648,7 @@ class Graph:
                 model = Node if kind == "node" else Edge
                 out[name] = validate_field(model, kind, name, value)
                 if name == "weight" and not math.isfinite(out[name]):
-                    raise FieldError("edge", "weight", f"must be a finite number; got {value!r}")
+                    raise FieldError("edge", "weight", f"must be a finite number; got {shown(value)}")
             else:
                 raise FieldError("conflict", "values", f"not {kind} fields: {name}")
         return out

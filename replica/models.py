@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from .errors import FieldError
+from .errors import FieldError, shown
 
 MAX_SAFE_INT = 2**53 - 1
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+#~-]{0,199}$"
@@ -418,13 +418,13 @@ def _short_reason(exc: PydanticValidationError, value: Any) -> str:
     if err.get("type") == "enum":
         msg = f"must be one of {err.get('ctx', {}).get('expected', '')}"
     suffix = f" (at {where})" if where else ""
-    return f"{msg}; got {value!r}{suffix}"
+    return f"{msg}; got {shown(value)}{suffix}"
 
 
 def check_id(kind: str, value: Any, field: str = "id") -> str:
     """Validate an id: 1-200 chars of letters, digits and _.:@/+#~- ; never containing '|'."""
     if not isinstance(value, str) or not _ID_RE.match(value):
-        raise FieldError(kind, field, f"must be 1-200 characters of letters, digits and _.:@/+#~- ; got {value!r}")
+        raise FieldError(kind, field, f"must be 1-200 characters of letters, digits and _.:@/+#~- ; got {shown(value)}")
     return value
 
 

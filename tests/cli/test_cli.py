@@ -73,6 +73,21 @@ def test_missing_records_exit_not_found(agentstate: Agentstate) -> None:
     assert agentstate("graph", "node", "rm", "n-nope").code == NOT_FOUND
 
 
+def test_an_oversized_value_or_id_is_named_not_echoed(agentstate: Agentstate) -> None:
+    """A 100,000-character title or id gets a one-line error that says its length, not the value back."""
+    agentstate("init")
+    big = "x" * 100_000
+    for args, code in (
+        (("task", "add", big), INVALID),
+        (("task", "show", big), NOT_FOUND),
+        (("task", "update", big, "--title", "z"), NOT_FOUND),
+        (("graph", "node", "rm", big), NOT_FOUND),
+    ):
+        result = agentstate(*args)
+        assert result.code == code, (args[:2], result.err[:300])
+        assert "100,000 characters" in result.err and len(result.err) < 400, result.err[:300]
+    assert agentstate("task", "list", "--json").json()["tasks"] == []
+
 def test_duplicate_id_is_a_conflict(agentstate: Agentstate) -> None:
     agentstate("init")
     assert agentstate("task", "add", "a", "--id", "T-1").code == 0
