@@ -19,7 +19,7 @@ from .exitcodes import ExitCode, register_exit_code
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict
+    from typing import Any, Dict, Optional
 
     from replica import Replica
 
@@ -184,12 +184,14 @@ def _resolve(inv: Invocation) -> None:
     emit(inv.run("compat.conflicts.resolve", params), a.as_json, _render_resolve)
 
 
-def _migrate(inv: Invocation) -> None:
-    """Import an old directory."""
+def _migrate(inv: Invocation) -> Optional[ExitCode]:
+    """Import an old directory; exit 8 when some of it could not be read (the rest is imported)."""
     old_dir = Path(inv.args.old_dir)
     if not old_dir.is_dir():
         raise UsageError(f"OLD_DIR: {old_dir} is not a directory")
-    emit(inv.run("compat.migrate", {"source": str(old_dir.resolve())}), inv.args.as_json, _render_migration)
+    report = inv.run("compat.migrate", {"source": str(old_dir.resolve())})
+    emit(report, inv.args.as_json, _render_migration)
+    return ExitCode.PROBLEMS_FOUND if report["problems"] else None
 
 
 def register(cli: Registry) -> None:

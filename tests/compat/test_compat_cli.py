@@ -115,6 +115,23 @@ def test_migrate_twice_from_the_command_line(tmp_path: Path, real_data_dir: Path
     assert run("migrate", str(tmp_path / "absent")).code == 2
 
 
+def test_migrate_exits_8_when_a_file_could_not_be_read(tmp_path: Path) -> None:
+    """A corrupt entity file is named and left out, the rest is imported, and the exit status says so
+    (8, as `verify` finding problems), on every run while the file stays unreadable."""
+    old = tmp_path / "old" / "entities"
+    old.mkdir(parents=True)
+    data = Task(id="T-1", title="old").to_dict()
+    (old / "T-1.json").write_text(json.dumps({"_checksum": compute_checksum(data), "_written_at": "x", "data": data}))
+    (old / "T-2.json").write_text('{"_checksum": "0", "data": {"id": "T-2"')
+    run = Agentstate(tmp_path / "data", tmp_path)
+    first = run("migrate", str(tmp_path / "old"), "--json")
+    assert first.code == 8, first.err
+    report = first.json()
+    assert report["imported"]["entities"] == 1 and any("T-2.json" in p for p in report["problems"])
+    human = run("migrate", str(tmp_path / "old"))
+    assert human.code == 8 and "could not read" in human.out and "T-2.json" in human.out
+    assert run("task", "show", "T-1", "--json").json()["title"] == "old"
+
 def test_migrate_into_a_served_directory(tmp_path: Path) -> None:
     old = tmp_path / "old" / "entities"
     old.mkdir(parents=True)
