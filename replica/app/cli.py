@@ -57,7 +57,7 @@ Every other command is a read, or changes nothing when run again (`import`, `mig
 RETRY_TIMEOUT = 10.0
 """Seconds a retry on a restarted daemon may take before it is run here instead (still with its key)."""
 EXIT_CODES_HELP = ("exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 invalid input, "
-                   "5 data directory problem, 6 peer unreachable, 7 conflict, 8 verify found problems")
+                   "5 data directory problem, 6 peer unreachable, 7 conflict, 8 problems found (verify, migrate)")
 
 
 class UsageError(Exception):
