@@ -14,6 +14,7 @@ import pytest
 from pycrdt import Array, Doc, Map
 
 from replica import Replica
+from replica.history import COMPACT_EVERY, MAX_HISTORY
 from replica.models import iso_now
 
 from .conftest import fsync_rate, note, paired, report
@@ -226,3 +227,82 @@ def test_log_replay_rate(tmp_path: Path) -> None:
             target.apply_update(update)
     raw = len(doc_updates) / (time.perf_counter() - start)
     report("log replay on open, records/s", ours, raw, "rec/s", goal="reported", baseline_name="raw apply")
+
+
+WRITES = 10_000
+"""Status updates of one task in the bytes-per-write benchmark (issue 9)."""
+
+
+def _raw_bytes(records: str) -> float:
+    """Document bytes per update of raw pycrdt setting one task's status and updated_at WRITES times, with
+    `records` "none", "kept" (each update's write record appended to the task's slot, never removed) or
+    "compacted" (the slot cut to its latest record every COMPACT_EVERY writes, as a lone writer's is)."""
+    doc = Doc()
+    tasks = doc.get("tasks", type=Map)
+    writes = doc.get("tasks_writes", type=Map)
+    writer = "bench.123456789"
+    with doc.transaction():
+        tasks["T-1"] = Map({"title": "x", "status": "pending", "updated_at": iso_now()})
+        slot = writes[f"T-1|{writer}"] = Array()
+    before = len(doc.get_update())
+    for i in range(WRITES):
+        with doc.transaction():
+            status = "completed" if i % 2 else "pending"
+            now = iso_now()
+            entry = tasks["T-1"]
+            entry["status"] = status
+            entry["updated_at"] = now
+            if records != "none":
+                slot.append({"record": "T-1", "writer": writer, "seq": i + 1, "clock": {writer: i + 1},
+                             "at": now, "fields": {"status": status}, "data": {}})
+                if records == "compacted" and (i + 1) % COMPACT_EVERY == 0:
+                    del slot[: len(slot) - 1]
+    return (len(doc.get_update()) - before) / WRITES
+
+
+def _our_bytes(writers: int) -> tuple[float, int]:
+    """Document bytes per update of `writers` in-memory replicas taking turns at `tasks.update` on one task
+    (WRITES in all), each write synced to the others before the next; and the write records left."""
+    replicas = [Replica.memory() for _ in range(writers)]
+
+    def spread(source: Replica) -> None:
+        for other in replicas:
+            if other is not source:
+                other.apply_update(source.diff(other.state_vector()))
+
+    replicas[0].tasks.create("x", id="T-1")
+    spread(replicas[0])
+    before = len(replicas[0].diff())
+    for i in range(WRITES):
+        writer = replicas[i % writers]
+        writer.tasks.update("T-1", status="completed" if i % 2 else "pending")
+        if writers > 1:
+            spread(writer)
+    state = replicas[0].diff()
+    assert all(len(r.diff()) == len(state) for r in replicas), "the replicas did not converge"
+    kept = len(replicas[0].tasks.history.history("T-1"))
+    for replica in replicas:
+        replica.close()
+    return (len(state) - before) / WRITES, kept
+
+
+def test_bytes_per_task_write_before_and_after_compaction() -> None:
+    """What one task write adds to the document over 10,000 updates (issue 9): raw pycrdt without write
+    records, with them never compacted ("before") and compacted as ours are ("after"), and ours with one
+    writer and with two writers taking turns. Bytes are deterministic, so one run each."""
+    none, kept, compacted = (_raw_bytes(kind) for kind in ("none", "kept", "compacted"))
+    ours_one, left_one = _our_bytes(1)
+    ours_two, left_two = _our_bytes(2)
+    report("bytes per task write, write records never compacted (raw pycrdt)", kept, none, "bytes",
+           goal="reported: before compaction", higher_is_better=False, baseline_name="no records")
+    report("bytes per task write, write records compacted (raw pycrdt)", compacted, none, "bytes",
+           goal="reported: after compaction", higher_is_better=False, baseline_name="no records")
+    report("bytes per task write, ours, one writer", ours_one, kept, "bytes",
+           goal="< never compacted", higher_is_better=False, baseline_name="never compacted")
+    report("bytes per task write, ours, two writers taking turns", ours_two, kept, "bytes",
+           goal="< never compacted", higher_is_better=False, baseline_name="never compacted")
+    note(f"bytes per task write over {WRITES:,} updates: no records {none:.1f}, records never compacted "
+         f"{kept:.1f}, compacted {compacted:.1f} (raw pycrdt); ours {ours_one:.1f} with one writer "
+         f"({left_one} write records left), {ours_two:.1f} with two ({left_two} left)")
+    assert ours_one < kept and ours_two < kept, "write records are not being compacted"
+    assert left_one <= MAX_HISTORY and left_two <= MAX_HISTORY, "more write records kept than the bound"
