@@ -37,6 +37,7 @@ from compat.graph_wal import GraphWALEntry, WALEntry, apply_graph_entry
 from compat.thought_graph import EdgeType, NodeType, ThoughtCluster, ThoughtEdge, ThoughtGraph, ThoughtNode
 from compat.versioned_store import META_KEY, ReplicaEntities, entities_for, entity_class, stored_checksum
 from replica import Replica
+from replica.errors import shown
 from replica.models import check_id, check_json, same_stored
 
 EVENTS_COLLECTION = "got_events"
@@ -183,7 +184,7 @@ class _Migration:
             self.report.problem(f"{where}: entity data is not an object; not imported")
             return False
         if data.get("id") != entity_id:
-            self.report.problem(f"{where}: id {data.get('id')!r} does not match the file name; not imported")
+            self.report.problem(f"{where}: id {shown(data.get('id'))} does not match the file name; not imported")
             return False
         try:
             check_id("entity", entity_id)
@@ -497,7 +498,7 @@ def _graph_from_state(state: Dict[str, Any], report: MigrationReport, where: str
         try:
             source, target, kind = edge["source_id"], edge["target_id"], EdgeType(edge["edge_type"])
         except (KeyError, TypeError, ValueError) as exc:
-            report.problem(f"{where}: edge {edge!r}: {exc}")
+            report.problem(f"{where}: edge {shown(edge)}: {exc}")
             continue
         if source not in graph.nodes or target not in graph.nodes:
             report.skip(f"{where}: edge {source} -{kind.value}-> {target}", "an endpoint is missing from the snapshot")

@@ -15,6 +15,7 @@ from typing import Any, Dict, FrozenSet, List, Mapping, Tuple, Type, TypeVar
 
 from compat.checksums import compute_checksum
 from compat.errors import ValidationError
+from replica.errors import shown
 from replica.models import ISO_SECOND
 
 E = TypeVar("E", bound="Entity")
@@ -97,7 +98,7 @@ def _later_than(previous: str) -> str:
 
 def _check_choice(kind: str, value: str, valid: FrozenSet[str], context_key: str) -> None:
     if value not in valid:
-        raise ValidationError(f"Invalid {kind}: {value!r}", **{kind: value, context_key: sorted(valid)})
+        raise ValidationError(f"Invalid {kind}: {shown(value)}", **{kind: value, context_key: sorted(valid)})
 
 
 def _check_unit_interval(name: str, value: float) -> None:

@@ -10,17 +10,22 @@ SHOWN_CHARS = 80
 
 
 def shown(value: Any) -> str:
-    """`repr(value)` for an error message, cut to SHOWN_CHARS characters with the full length said."""
+    """`repr(value)` for an error message; a string longer than SHOWN_CHARS characters (or another value
+    whose repr is) shows its first SHOWN_CHARS and says its full length."""
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value):,} characters)"
     text = repr(value)
     if len(text) <= SHOWN_CHARS:
         return text
-    size = f"{len(value):,} characters" if isinstance(value, str) else f"{len(text):,} characters as text"
-    return f"{text[:SHOWN_CHARS]}... ({size})"
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters as text)"
 
 
-def _named(ident: str) -> str:
-    """An id as messages quote it: as it is when short, else cut as `shown` cuts it."""
-    return f"'{ident}'" if len(ident) <= SHOWN_CHARS else shown(ident)
+def _named(ident: Any) -> str:
+    """An id as messages quote it: `'id'` when short (whatever its type), else cut as `shown` cuts it."""
+    text = str(ident)
+    return f"'{text}'" if len(text) <= SHOWN_CHARS else shown(text)
 
 
 class ReplicaError(Exception):

@@ -377,15 +377,17 @@ class Replica:
             self.graph.sweep()
 
     def refresh(self) -> bool:
-        """Apply what other local processes appended, now; True if there was anything.
+        """Apply what other local processes appended, now; True if something was applied meanwhile.
 
-        Inside this thread's own read snapshot or write nothing is applied (the snapshot shows one
-        state, a write decided on what it read), so it returns False; the next scope applies it."""
+        Inside this thread's own read snapshot or write (or once closed) nothing is applied (the
+        snapshot shows one state, a write decided on what it read), so it returns False; the next
+        scope applies it."""
         log_ = self._log
         if log_ is None or not log_.changed():
             return False
+        before = log_.read_position
         with self._read_scope():
-            return self._depth == 0 and not self._snapshot
+            return log_.read_position != before
 
     def follow(self, interval: float = FOLLOW_INTERVAL) -> None:
         """Apply other processes' records within `interval` of their append, from a thread (idempotent).

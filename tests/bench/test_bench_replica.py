@@ -40,9 +40,9 @@ def _raw_rate(with_record: bool = False, log_dir: Path | None = None) -> float:
     log = None
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        log = os.open(log_dir / f"raw-{time.perf_counter_ns()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fd = log
-        subscription = doc.observe(lambda event: os.write(fd, len(event.update).to_bytes(4, "little") + event.update))
+        path = log_dir / f"raw-{time.perf_counter_ns()}.log"
+        log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        subscription = doc.observe(lambda event: os.write(log, len(event.update).to_bytes(4, "little") + event.update))
     start = time.perf_counter()
     for i in range(UPDATES):
         with doc.transaction():
@@ -63,7 +63,9 @@ def _raw_rate(with_record: bool = False, log_dir: Path | None = None) -> float:
     rate = UPDATES / (time.perf_counter() - start)
     if log is not None:
         doc.unobserve(subscription)
+        os.fsync(log)
         os.close(log)
+        path.unlink()
     return rate
 
 
@@ -88,8 +90,8 @@ def test_task_updates_per_second(tmp_path: Path, mode: str) -> None:
     rounds = [(_raw_rate(), _raw_rate(with_record=True), _raw_rate(with_record=True, log_dir=tmp_path / "raw"),
                _replica_rate(tmp_path / f"{mode}-{time.perf_counter_ns()}", mode, UPDATES)) for _ in range(5)]
     raw, raw_record, raw_logged, ours = (statistics.median(column) for column in zip(*rounds, strict=True))
-    report(f"task field updates/s, {mode.upper()}", ours, raw, "upd/s", goal=">= 0.4x (issue 9)",
-           baseline_name="raw pycrdt")
+    report(f"task field updates/s, {mode.upper()}", ours, raw, "upd/s",
+           goal=">= 0.4x (issue 9), judged on the round ratios below", baseline_name="raw pycrdt")
     report(f"task field updates/s, {mode.upper()}, vs the same record", ours, raw_record, "upd/s",
            goal="reported", baseline_name="raw+record")
     report("raw pycrdt with the write record vs without", raw_record, raw, "upd/s", goal="reported",
@@ -99,7 +101,8 @@ def test_task_updates_per_second(tmp_path: Path, mode: str) -> None:
     ratio, record_ratio, logged_ratio = (statistics.median(row[k] / row[0] for row in rounds) for k in (3, 1, 2))
     note(f"task field updates, {mode.upper()}, per round (ours / raw+record+log / raw+record, each over raw): "
          + ", ".join(f"{u / r:.2f} / {lg / r:.2f} / {rc / r:.2f}" for r, rc, lg, u in rounds)
-         + f"; medians {ratio:.2f} / {logged_ratio:.2f} / {record_ratio:.2f}")
+         + f"; medians {ratio:.2f} / {logged_ratio:.2f} / {record_ratio:.2f}; goal >= 0.4x "
+         + ("met" if ratio >= 0.4 else "NOT MET"))
     if ratio < 0.4:
         reach = ("out of reach here: raw pycrdt storing the same record and appending its update to a file is "
                  f"itself {logged_ratio:.2f}x" if logged_ratio < 0.4 else
@@ -270,20 +273,21 @@ def _our_bytes(writers: int) -> tuple[float, int]:
             if other is not source:
                 other.apply_update(source.diff(other.state_vector()))
 
-    replicas[0].tasks.create("x", id="T-1")
-    spread(replicas[0])
-    before = len(replicas[0].diff())
-    for i in range(WRITES):
-        writer = replicas[i % writers]
-        writer.tasks.update("T-1", status="completed" if i % 2 else "pending")
-        if writers > 1:
-            spread(writer)
-    state = replicas[0].diff()
-    assert all(len(r.diff()) == len(state) for r in replicas), "the replicas did not converge"
-    kept = len(replicas[0].tasks.history.history("T-1"))
-    for replica in replicas:
-        replica.close()
-    return (len(state) - before) / WRITES, kept
+    try:
+        replicas[0].tasks.create("x", id="T-1")
+        spread(replicas[0])
+        before = len(replicas[0].diff())
+        for i in range(WRITES):
+            writer = replicas[i % writers]
+            writer.tasks.update("T-1", status="completed" if i % 2 else "pending")
+            if writers > 1:
+                spread(writer)
+        state = replicas[0].diff()
+        assert all(len(r.diff()) == len(state) for r in replicas), "the replicas did not converge"
+        return (len(state) - before) / WRITES, len(replicas[0].tasks.history.history("T-1"))
+    finally:
+        for replica in replicas:
+            replica.close()
 
 
 def test_bytes_per_task_write_before_and_after_compaction() -> None:

@@ -88,6 +88,7 @@ def test_an_oversized_value_or_id_is_named_not_echoed(agentstate: Agentstate) ->
         assert "100,000 characters" in result.err and len(result.err) < 400, result.err[:300]
     assert agentstate("task", "list", "--json").json()["tasks"] == []
 
+
 def test_duplicate_id_is_a_conflict(agentstate: Agentstate) -> None:
     agentstate("init")
     assert agentstate("task", "add", "a", "--id", "T-1").code == 0

@@ -117,7 +117,7 @@ def test_migrate_twice_from_the_command_line(tmp_path: Path, real_data_dir: Path
 
 def test_migrate_exits_8_when_a_file_could_not_be_read(tmp_path: Path) -> None:
     """A corrupt entity file is named and left out, the rest is imported, and the exit status says so
-    (8, as `verify` finding problems), on every run while the file stays unreadable."""
+    (8, as `verify` finding problems), on every run while the file stays unreadable, served or not."""
     old = tmp_path / "old" / "entities"
     old.mkdir(parents=True)
     data = Task(id="T-1", title="old").to_dict()
@@ -131,6 +131,14 @@ def test_migrate_exits_8_when_a_file_could_not_be_read(tmp_path: Path) -> None:
     human = run("migrate", str(tmp_path / "old"))
     assert human.code == 8 and "could not read" in human.out and "T-2.json" in human.out
     assert run("task", "show", "T-1", "--json").json()["title"] == "old"
+    proc = run.serve()
+    try:
+        served = run("migrate", str(tmp_path / "old"), "--json")
+        assert served.code == 8 and any("T-2.json" in p for p in served.json()["problems"]), served.err
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
 
 def test_migrate_into_a_served_directory(tmp_path: Path) -> None:
     old = tmp_path / "old" / "entities"

@@ -81,11 +81,12 @@ def test_refresh_inside_a_snapshot_applies_nothing_and_says_so(tmp_path: Path) -
             writer.tasks.update("T-1", title="two")
             assert reader.refresh() is False
             assert reader.tasks.get("T-1").title == "one"
-            other = threading.Thread(target=lambda: result.append(reader.refresh()))
+            other = threading.Thread(target=lambda: result.append(reader.refresh()), daemon=True)
             other.start()
+            other.join(timeout=0.2)
+            assert other.is_alive() and result == [], "a refresh from another thread ran inside the snapshot"
             assert reader.tasks.get("T-1").title == "one"
         other.join(timeout=30)
         assert result == [True]
         assert reader.refresh() is False
         assert reader.tasks.get("T-1").title == "two"
-
