@@ -271,3 +271,18 @@ def test_not_found_errors_name_the_record(seeded: Replica) -> None:
         seeded.graph.remove_node("nope")
     with pytest.raises(NotFoundError, match="counter 'nope'"):
         seeded.counters.get("nope")
+
+
+def test_errors_quote_long_values_and_ids_cut_short_and_take_any_id(seeded: Replica) -> None:
+    """A value or id over 80 characters is quoted cut, with its length; an 80-character one whole; an id
+    that is not a string still makes a plain not-found error (not a TypeError while it is built)."""
+    with pytest.raises(FieldError) as refused:
+        seeded.tasks.create("t" * 5000)
+    assert "'" + "t" * 80 + "'... (5,000 characters)" in str(refused.value) and len(str(refused.value)) < 300
+    with pytest.raises(NotFoundError) as missing:
+        seeded.tasks.update("n" * 100_000, title="x")
+    assert str(missing.value) == "task " + repr("n" * 80) + "... (100,000 characters) not found"
+    with pytest.raises(NotFoundError, match="task '" + "m" * 80 + "' not found"):
+        seeded.tasks.update("m" * 80, title="x")
+    with pytest.raises(NotFoundError, match="counter '5' not found"):
+        seeded.counters.get(5)  # type: ignore[arg-type]
