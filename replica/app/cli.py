@@ -442,6 +442,17 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
+def listen_address(text: str) -> str:
+    """An argparse type: HOST:PORT (an IPv6 host in brackets), checked before anything is opened."""
+    from transport.mesh import parse_listen  # only when the option is given: the CLI starts without websockets
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def json_arg(what: str = "the result") -> Arg:
     """The `--json` flag, saying what it prints."""
     return Arg("--json", dest="as_json", action="store_true", help=f"print {what} as JSON (for scripts)")
@@ -1195,7 +1206,8 @@ def watch(inv: Invocation) -> None:
              Arg("--token", default=None, env="AGENTSTATE_TOKEN",
                  help="bearer token clients must send (Authorization: Bearer TOKEN); required beyond loopback; "
                       "with --listen, peers must present it too"),
-             Arg("--listen", default=None, metavar="HOST:PORT", help="also accept sync peers here, as serve does"),
+             Arg("--listen", default=None, type=listen_address, metavar="HOST:PORT",
+                 help="also accept sync peers here, as serve does"),
              Arg("--peer", dest="peers", action="append", metavar="URL", help="also sync with this peer; repeatable"),
              Arg("--room", default="agentstate", help="sync room (default agentstate)"),
              Arg("--peer-token", default=None, env="AGENTSTATE_PEER_TOKEN",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .cli import Arg, Invocation, Registry, UsageError
+from .cli import Arg, Invocation, Registry, UsageError, listen_address
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def _pattern_token(text: str) -> tuple[str, str]:
 HUB_OPTIONS = [
     Arg("--data", dest="hub_data", default=None, metavar="DIR",
         help="directory holding one replica directory per room under DIR/rooms (default: the global --data)"),
-    Arg("--listen", default="127.0.0.1:8765", metavar="HOST:PORT",
+    Arg("--listen", default="127.0.0.1:8765", type=listen_address, metavar="HOST:PORT",
         help="address clients connect to; the URL path names the room (default 127.0.0.1:8765)"),
     Arg("--token", dest="tokens", action="append", metavar="TOKEN",
         help="read-write token for every room; repeatable"),

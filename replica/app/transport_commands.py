@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .cli import Arg, Invocation, Registry, table_lines
+from .cli import Arg, Invocation, Registry, listen_address, table_lines
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def existing_file(text: str) -> str:
 
 
 SERVE_OPTIONS = [
-    Arg("--listen", default=None, metavar="HOST:PORT",
+    Arg("--listen", default=None, type=listen_address, metavar="HOST:PORT",
         help="accept peers and Yjs clients on this address (room = URL path), e.g. 127.0.0.1:8765"),
     Arg("--peer", dest="peers", action="append", metavar="URL",
         help="dial this peer (ws://host:port/room or wss://...); repeatable"),

@@ -89,6 +89,14 @@ def test_an_oversized_value_or_id_is_named_not_echoed(agentstate: Agentstate) ->
     assert agentstate("task", "list", "--json").json()["tasks"] == []
 
 
+def test_a_bad_listen_address_is_a_usage_error_before_anything_opens(agentstate: Agentstate) -> None:
+    """serve, hub and mcp check HOST:PORT as they parse their options: exit 2, no directory created."""
+    for args in (("serve", "--listen", "nonsense"), ("serve", "--listen", "127.0.0.1:99999"),
+                 ("hub", "--listen", "nowhere"), ("mcp", "--listen", "[::1]")):
+        result = agentstate(*args, timeout=30)
+        assert result.code == 2 and "HOST:PORT" in result.err, (args, result.code, result.err[-300:])
+        assert not agentstate.data.exists(), args
+
 def test_duplicate_id_is_a_conflict(agentstate: Agentstate) -> None:
     agentstate("init")
     assert agentstate("task", "add", "a", "--id", "T-1").code == 0
