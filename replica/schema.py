@@ -79,12 +79,12 @@ def _active(doc: Doc) -> Any:
     return txn._txn if txn is not None else None
 
 
-def _acting(ymap: Map | Array, action: Callable[[Doc, Any, Any], Any]) -> Any:
+def _acting(shared: Map | Array, action: Callable[[Doc, Any, Any], Any]) -> Any:
     """`action(doc, yrs transaction, integrated map or array)` in the Doc's active transaction, else in a new one.
 
-    AttributeError when `ymap` is not integrated (or pycrdt's internals differ): callers then
+    AttributeError when `shared` is not integrated (or pycrdt's internals differ): callers then
     take pycrdt's public, slower path."""
-    doc, integrated = ymap._doc, ymap._integrated
+    doc, integrated = shared._doc, shared._integrated
     if doc is None or integrated is None:
         raise AttributeError("not integrated")
     raw = _active(doc)

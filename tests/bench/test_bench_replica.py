@@ -23,6 +23,12 @@ TASKS = 1000
 UPDATES = 20_000
 
 
+def _record_body(key: str, writer: str, seq: int, at: str, status: str) -> dict[str, object]:
+    """The write record of one status update, shaped as a task write record, for the raw pycrdt baselines."""
+    return {"record": key, "writer": writer, "seq": seq, "clock": {writer: seq}, "at": at,
+            "fields": {"status": status}, "data": {}}
+
+
 def _raw_rate(with_record: bool = False, log_dir: Path | None = None) -> float:
     """Raw pycrdt doing the same Y writes a task update does (status and updated_at), no layer; with
     `with_record`, also the write record a task update stores (the same body appended to the task's
@@ -56,8 +62,7 @@ def _raw_rate(with_record: bool = False, log_dir: Path | None = None) -> float:
                 slot = slots.get(key)
                 if slot is None:
                     slot = slots[key] = writes[f"{key}|{writer}"] = Array()
-                slot.insert(len(slot), {"record": key, "writer": writer, "seq": i + 1, "clock": {writer: i + 1},
-                                        "at": now, "fields": {"status": status}, "data": {}})
+                slot.insert(len(slot), _record_body(key, writer, i + 1, now, status))
                 if (i // TASKS) % 4 == 3:
                     del slot[: len(slot) - 1]
     rate = UPDATES / (time.perf_counter() - start)
@@ -256,8 +261,7 @@ def _raw_bytes(records: str) -> float:
             entry["status"] = status
             entry["updated_at"] = now
             if records != "none":
-                slot.append({"record": "T-1", "writer": writer, "seq": i + 1, "clock": {writer: i + 1},
-                             "at": now, "fields": {"status": status}, "data": {}})
+                slot.append(_record_body("T-1", writer, i + 1, now, status))
                 if records == "compacted" and (i + 1) % COMPACT_EVERY == 0:
                     del slot[: len(slot) - 1]
     return (len(doc.get_update()) - before) / WRITES
